@@ -1,0 +1,307 @@
+"""The synchronous I/O side of one raw UDP endpoint, shared by the asyncio and the anyio glue.
+
+It owns the sockets — the guard UDP socket that holds the address and port, the filtered receiving
+packet socket, the per-interface sending packet sockets, the rtnetlink client and monitor — and moves
+bytes between them and the sans-IO :class:`~rawtransport.engine.UdpEngine`. It never blocks and never
+waits: the event-loop glue calls :meth:`RawUdpEndpoint.read_ready` when the packet socket is readable,
+:meth:`RawUdpEndpoint.write_frames` when there is something to send, and so on.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from rawtransport.bpf import endpoint_filter
+from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
+from rawtransport.link import PacketReceiver, PacketSender, privilege_error
+from rawtransport.netlink import Rtnl, RtnlMonitor
+from rawtransport.route import LinkInfo, LocalAddresses, Route, RouteCache
+
+__all__ = ["RawUdpEndpoint", "parse_address"]
+
+# How often (seconds) the send path looks for routing/address changes when no loop callback has.
+_NETLINK_CHECK_INTERVAL = 0.001
+
+
+def _family_number(family: int) -> int:
+    return 4 if family == socket.AF_INET else 6
+
+
+def parse_address(
+    addr: Any, family: int, cache: dict[tuple[Any, ...], tuple[bytes, int]] | None = None
+) -> tuple[bytes, int]:
+    """Turn a ``sendto`` address into (raw IP bytes, port) the way a UDP socket would.
+
+    Raises what ``socket.sendto`` raises for the same argument: ``TypeError`` for a malformed address,
+    ``OverflowError`` for a port out of range, ``socket.gaierror`` for a name that does not resolve.
+    """
+    if cache is not None:
+        try:
+            return cache[addr]
+        except (KeyError, TypeError):
+            pass
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        kind = "AF_INET" if family == socket.AF_INET else "AF_INET6"
+        raise TypeError(f"{kind} address must be tuple, not {type(addr).__name__}")
+    if (family == socket.AF_INET and len(addr) != 2) or (
+        family == socket.AF_INET6 and len(addr) > 4
+    ):
+        raise TypeError(f"address tuple of the wrong length: {addr!r}")
+    host, port = addr[0], addr[1]
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
+    if not 0 <= port <= 0xFFFF:
+        raise OverflowError("sendto(): port must be 0-65535.")
+    if not isinstance(host, str):
+        raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
+    try:
+        raw = socket.inet_pton(family, host)
+    except OSError:
+        # A name: resolve it as socket.sendto() would (blocking getaddrinfo), first answer wins.
+        info = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+        raw = socket.inet_pton(family, str(info[0][4][0]).split("%")[0])
+    result = (raw, port)
+    if cache is not None and len(cache) < 4096:
+        cache[addr] = result
+    return result
+
+
+class RawUdpEndpoint:
+    """Sockets + engine of one endpoint. Construct with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(
+        self,
+        guard: socket.socket,
+        engine: UdpEngine,
+        receiver: PacketReceiver,
+        rtnl: Rtnl,
+        monitor: RtnlMonitor,
+        *,
+        interface: int | None,
+        qdisc_bypass: bool,
+    ) -> None:
+        self.guard = guard
+        self.engine = engine
+        self.receiver = receiver
+        self._rtnl = rtnl
+        self._monitor = monitor
+        self._oif = interface
+        self._qdisc_bypass = qdisc_bypass
+        self._senders: dict[int, PacketSender] = {}
+        self._routes = RouteCache()
+        self._addr_cache: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+        self._links: dict[int, LinkInfo] = {}
+        self._netlink_checked = -1.0
+        self.family = guard.family
+        self.closed = False
+        self._refresh()
+
+    # ---------------------------------------------------------------------------- construction
+    @classmethod
+    def open(
+        cls,
+        guard: socket.socket,
+        *,
+        remote: tuple[bytes, int] | None = None,
+        allow_broadcast: bool = False,
+        interface: str | None = None,
+        qdisc_bypass: bool = False,
+        rcvbuf: int | None = None,
+    ) -> RawUdpEndpoint:
+        """Build the endpoint around a bound (and maybe connected) guard UDP socket.
+
+        The guard is an ordinary UDP socket: it reserves the address and port (so the kernel picks
+        ephemeral ports, reports EADDRINUSE, and sends no ICMP port-unreachable for our port) and, being
+        connected when the endpoint is, receives the kernel's ICMP errors. A drop-all filter keeps
+        every datagram off it.
+        """
+        from rawtransport.bpf import drop_all
+        from rawtransport.link import attach_filter
+
+        family = guard.family
+        local = guard.getsockname()
+        local_ip = socket.inet_pton(family, local[0].split("%")[0])
+        wildcard = local_ip == bytes(len(local_ip))
+        fam = _family_number(family)
+        dual = False
+        if family == socket.AF_INET6 and wildcard:
+            dual = not guard.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        attach_filter(guard, drop_all())
+        rtnl = Rtnl()
+        monitor = RtnlMonitor()
+        try:
+            ifindex = rtnl.link_by_name(interface).ifindex if interface is not None else None
+            config = EndpointConfig(
+                family=fam,
+                local_port=local[1],
+                local_ip=None if wildcard else local_ip,
+                remote_ip=remote[0] if remote else None,
+                remote_port=remote[1] if remote else None,
+                allow_broadcast=allow_broadcast,
+                dual_stack=dual,
+            )
+            program = endpoint_filter(
+                family=0 if dual else fam,
+                local_ip=config.local_ip,
+                local_port=config.local_port,
+                remote_ip=None if dual else config.remote_ip,
+                remote_port=config.remote_port,
+                # No VLAN device here: the kernel would drop tagged frames (vlan_do_receive()).
+                accept_vlan=False,
+                # The resolver only ever asks from the bound address; a wildcard endpoint asks from
+                # whichever address the route chose, so it takes replies to any of them.
+                arp_for=config.local_ip if fam == 4 else None,
+                nd_for=config.local_ip if fam == 6 else None,
+                neighbour_replies=config.local_ip is None,
+            )
+            try:
+                receiver = PacketReceiver(program, ifindex=ifindex or 0, rcvbuf=rcvbuf)
+            except PermissionError as exc:
+                raise privilege_error(exc) from None
+            engine = UdpEngine(config, LocalAddresses(rtnl.addresses()))
+            return cls(
+                guard, engine, receiver, rtnl, monitor, interface=ifindex, qdisc_bypass=qdisc_bypass
+            )
+        except BaseException:
+            rtnl.close()
+            monitor.close()
+            raise
+
+    # ------------------------------------------------------------------------------- netlink
+    def _refresh(self) -> None:
+        self._routes.invalidate()
+        self.engine.set_local_addresses(LocalAddresses(self._rtnl.addresses()))
+        links = {link.ifindex: link for link in self._rtnl.links()}
+        for gone in self._links.keys() - links.keys():
+            self.engine.forget_interface(gone)
+            sender = self._senders.pop(gone, None)
+            if sender is not None:
+                sender.close()
+        self._links = links
+        self.engine.set_link_mtus({i: link.mtu for i, link in links.items()})
+
+    def netlink_fileno(self) -> int:
+        """The rtnetlink monitor's descriptor: call :meth:`netlink_ready` when it is readable."""
+        return self._monitor.fileno()
+
+    def netlink_ready(self, now: float) -> None:
+        """Apply routing, address and link changes the kernel announced."""
+        self._netlink_checked = now
+        if self._monitor.drain():
+            self._refresh()
+
+    def route(self, dst: bytes, now: float) -> Route:
+        """The kernel's route to ``dst`` for this endpoint (cached until something changes)."""
+        if now - self._netlink_checked >= _NETLINK_CHECK_INTERVAL:
+            self.netlink_ready(now)
+        cfg = self.engine.config
+        key = (dst, cfg.local_ip if len(dst) == len(cfg.local_ip or b"") else None, self._oif)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._rtnl.route_get(dst, source=key[1], oif=self._oif)
+            self._routes.put(key, route)
+        return route
+
+    # ---------------------------------------------------------------------------------- receive
+    def read_ready(self, now: float, budget: int = 64) -> list[Event]:
+        """Read up to ``budget`` frames into the engine; return the events they produced.
+
+        ``BlockingIOError`` ends the batch quietly; other ``OSError`` from the socket is raised for the
+        glue to report (``error_received``) after the events read so far are returned next call.
+        """
+        recv = self.receiver.recv
+        receive_frame = self.engine.receive_frame
+        for _ in range(budget):
+            try:
+                view, meta = recv()
+            except (BlockingIOError, InterruptedError):
+                break
+            receive_frame(view, meta, now)
+        return self.engine.events()
+
+    def guard_ready(self) -> OSError | None:
+        """The guard socket is readable: only an ICMP error queued on it (sk_err) can make it so."""
+        try:
+            self.guard.recv(1)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            return exc
+        return None
+
+    # ------------------------------------------------------------------------------------- send
+    def send(self, data: bytes | bytearray | memoryview, addr: Any, now: float) -> None:
+        """Hand one datagram to the engine; frames wait in ``engine.frames_to_send()``.
+
+        Raises ``TypeError``/``OverflowError``/``socket.gaierror`` for a bad address and the
+        ``OSError`` the kernel's UDP path would have raised (EINVAL for port 0, ENETUNREACH, EMSGSIZE,
+        EACCES for a broadcast without ``allow_broadcast`` …).
+        """
+        dst, port = parse_address(addr, self.family, self._addr_cache)
+        if port == 0:
+            # udp_sendmsg(): "if (dport == 0) return -EINVAL"
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if self.family == socket.AF_INET6 and dst[:12] == bytes(10) + b"\xff\xff":
+            if not self.engine.config.dual_stack:
+                raise OSError(errno.ENETUNREACH, "Network is unreachable")
+            dst = dst[12:]
+        route = self.route(dst, now)
+        self.engine.send_datagram(data, (dst, port), route, now)
+
+    def _sender(self, ifindex: int) -> PacketSender:
+        sender = self._senders.get(ifindex)
+        if sender is None:
+            sender = self._senders[ifindex] = PacketSender(ifindex, qdisc_bypass=self._qdisc_bypass)
+        return sender
+
+    def sender_fileno(self, ifindex: int) -> int:
+        """The descriptor of the packet socket that sends on ``ifindex`` (for ``add_writer``)."""
+        return self._sender(ifindex).sock.fileno()
+
+    def write_frames(
+        self, frames: Iterable[OutgoingFrame]
+    ) -> tuple[list[OutgoingFrame], list[OSError]]:
+        """Write frames in order; stop at the first ``BlockingIOError``.
+
+        Returns the frames not written (to retry when writable) and the errors to report. ENOBUFS (a
+        full device queue) is counted and the frame dropped, as ``udp_send_skb()`` hides it from a
+        kernel UDP socket without IP_RECVERR.
+        """
+        errors: list[OSError] = []
+        frames = list(frames)
+        for i, out in enumerate(frames):
+            try:
+                self._sender(out.ifindex).send(out.frame)
+            except (BlockingIOError, InterruptedError):
+                return frames[i:], errors
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.engine.count_drop("tx_enobufs")
+                else:
+                    errors.append(exc)
+        return [], errors
+
+    # ----------------------------------------------------------------------------------- misc
+    def stats(self) -> dict[str, object]:
+        """The engine's counters plus the kernel's ``PACKET_STATISTICS`` (accumulated)."""
+        stats = self.engine.stats()
+        packets, drops = self.receiver.statistics()
+        stats["kernel_packets"] = packets
+        stats["kernel_drops"] = drops
+        return stats
+
+    def close(self) -> None:
+        """Close every socket the endpoint owns (the guard included)."""
+        if self.closed:
+            return
+        self.closed = True
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
+        self.receiver.close()
+        self._monitor.close()
+        self._rtnl.close()
+        self.guard.close()

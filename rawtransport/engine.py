@@ -1,0 +1,556 @@
+"""One raw UDP endpoint's protocol logic, sans I/O.
+
+The engine is what the kernel's IP and UDP layers were for a UDP socket: it turns frames read from an
+``AF_PACKET`` socket into datagrams (making every receive check the kernel would have made, and counting
+each drop by reason), and turns datagrams into Ethernet frames (header construction, checksums,
+fragmentation, next-hop resolution by ARP/ND). It is shaped like aioquic's ``QuicConnection``:
+
+- :meth:`UdpEngine.receive_frame` takes a frame, its link metadata and ``now``;
+- :meth:`UdpEngine.send_datagram` takes a payload, a destination, the kernel's route for it and ``now``;
+- :meth:`UdpEngine.events` and :meth:`UdpEngine.frames_to_send` drain what the caller must act on;
+- :meth:`UdpEngine.get_timer` / :meth:`UdpEngine.handle_timer` drive neighbour retransmits and expiry.
+
+Nothing here touches a socket, a clock or an event loop; the boundary (``endpoint.py``) does.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections import deque
+from dataclasses import dataclass, field
+
+from rawtransport.errors import MalformedPacketError
+from rawtransport.neighbour import NeighbourCache
+from rawtransport.packet import (
+    ARP,
+    BROADCAST_MAC,
+    ETH_P_ARP,
+    ETH_P_IPV6,
+    IPPROTO_ICMPV6,
+    NeighborAdvertisement,
+    build_arp_request,
+    build_ipv4_fragments,
+    build_neighbor_solicitation,
+    build_udp,
+    multicast_mac,
+    parse_frame,
+    parse_udp,
+)
+from rawtransport.route import LocalAddresses, Route, RouteKind
+
+__all__ = [
+    "DatagramReceived",
+    "EndpointConfig",
+    "ErrorReceived",
+    "FrameMeta",
+    "OutgoingFrame",
+    "UdpEngine",
+]
+
+# Link-layer facts from PACKET_AUXDATA / the ring's tpacket header (linux/if_packet.h).
+PACKET_HOST = 0
+PACKET_BROADCAST = 1
+PACKET_MULTICAST = 2
+PACKET_OTHERHOST = 3
+PACKET_OUTGOING = 4
+TP_STATUS_CSUMNOTREADY = 0x08
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_CSUM_VALID = 0x80
+# The kernel vouches for the L4 checksum: either it was never computed because the frame is local and
+# offloaded (CHECKSUM_PARTIAL, RAWPATH.md trap 1), or the device already verified it.
+_CSUM_VOUCHED = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
+
+ARPHRD_ETHER = 1
+ARPHRD_LOOPBACK = 772
+
+# Largest UDP payloads: 65535 - 20 (IPv4 header) - 8; IPv6's payload-length field bounds it to 65535 - 8.
+MAX_UDP4_PAYLOAD = 65507
+MAX_UDP6_PAYLOAD = 65527
+
+_ZERO_MAC = bytes(6)
+_ADDR_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMeta:
+    """What the link layer says about a received frame (``PACKET_AUXDATA`` or the ring header)."""
+
+    ifindex: int
+    pkttype: int = PACKET_HOST
+    status: int = 0
+    hatype: int = ARPHRD_ETHER
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """The endpoint's identity: what the kernel socket would have been bound and connected to.
+
+    ``family`` is 4 or 6. ``local_ip`` ``None`` means bound to the wildcard address. ``dual_stack``: an
+    IPv6 wildcard socket without ``IPV6_V6ONLY`` also receives IPv4, as v4-mapped addresses.
+    """
+
+    family: int
+    local_port: int
+    local_ip: bytes | None = None
+    remote_ip: bytes | None = None
+    remote_port: int | None = None
+    allow_broadcast: bool = False
+    dual_stack: bool = False
+    ttl: int = 64
+    multicast_ttl: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramReceived:
+    """A datagram for the protocol, with the address tuple a kernel UDP socket would have given."""
+
+    data: bytes
+    addr: tuple[str, int] | tuple[str, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReceived:
+    """An error the kernel would have reported on the socket (e.g. EHOSTUNREACH on a connected one)."""
+
+    exc: OSError
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingFrame:
+    """A frame to write to ``ifindex``; ``size`` is the payload size it carries, for buffer accounting."""
+
+    frame: bytes
+    ifindex: int
+    size: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Frames built while the next hop's MAC is unknown; the destination MAC is patched in on release."""
+
+    frames: list[bytearray]
+    ifindex: int
+    size: int
+
+
+Event = DatagramReceived | ErrorReceived
+
+
+@dataclass
+class _Counters:
+    received: int = 0
+    delivered: int = 0
+    sent: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+def _v4_martian_source(src: bytes) -> bool:
+    # ip_route_input_slow(): multicast, limited broadcast, 0.0.0.0/8 sources are martians.
+    first = src[0]
+    return first >= 224 or first == 0 or src == b"\xff\xff\xff\xff"
+
+
+def _v4_loopback(addr: bytes) -> bool:
+    return addr[0] == 127
+
+
+class UdpEngine:
+    """The sans-IO UDP/IP engine of one endpoint. See the module docstring."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        local_addresses: LocalAddresses,
+        *,
+        neighbours: NeighbourCache[_Pending] | None = None,
+    ) -> None:
+        if config.family not in (4, 6):
+            raise ValueError(f"family must be 4 or 6, not {config.family!r}")
+        self.config = config
+        self._local = local_addresses
+        self._neigh: NeighbourCache[_Pending] = (
+            neighbours if neighbours is not None else NeighbourCache()
+        )
+        self._events: deque[Event] = deque()
+        self._out: deque[OutgoingFrame] = deque()
+        self._counters = _Counters()
+        self._ident = 0
+        self._addr_cache: dict[tuple[bytes, int, int], tuple[str, int] | tuple[str, int, int, int]]
+        self._addr_cache = {}
+        # Interfaces' own (mac, addresses) are needed to answer "is this ARP reply for us": the
+        # boundary passes them with every route, and we remember the MAC of each interface we used.
+        self._if_macs: dict[int, bytes] = {}
+        # The source address last used on each (interface, family), for ARP/NS requests.
+        self._last_sources: dict[tuple[int, int], bytes] = {}
+        self._rx_limit: dict[int, int] = {}
+
+    # ----------------------------------------------------------------------------------- state in
+    def set_local_addresses(self, local_addresses: LocalAddresses) -> None:
+        """Replace the snapshot of the host's addresses (after a netlink change)."""
+        self._local = local_addresses
+
+    def set_link_mtus(self, mtus: dict[int, int]) -> None:
+        """Tell the engine each interface's MTU, to recognise unsplit GSO super-frames on receive."""
+        # Link header + one VLAN tag of slack above the MTU; anything longer did not come off a wire
+        # as one frame (RAWPATH.md trap 2: a UDP_SEGMENT send reaches taps as one super-frame).
+        self._rx_limit = {i: mtu + 18 for i, mtu in mtus.items()}
+
+    def forget_interface(self, ifindex: int) -> None:
+        """The interface went away: give up resolutions through it."""
+        for failed in self._neigh.forget(ifindex):
+            self._fail_pending(failed.dropped)
+        self._if_macs.pop(ifindex, None)
+
+    # ------------------------------------------------------------------------------------ receive
+    def receive_frame(
+        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
+    ) -> None:
+        """Check one frame as the kernel would have and queue the datagram or reply it carries.
+
+        Never raises for anything in ``frame``: bad frames are dropped and counted by reason.
+        """
+        c = self._counters
+        c.received += 1
+        # packet_rcv()/tpacket_rcv() deliver these to taps; the IP stack never sees them as ours.
+        if meta.pkttype == PACKET_OUTGOING:
+            c.drop("outgoing")
+            return
+        if meta.pkttype == PACKET_OTHERHOST:
+            c.drop("otherhost")
+            return
+        if meta.truncated:
+            c.drop("truncated")
+            return
+        if meta.hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
+            c.drop("unsupported_link")
+            return
+        # A tag the device stripped into metadata, on a device with no VLAN upper: vlan_do_receive()
+        # finds no VLAN device and the frame is dropped before ip_rcv().
+        if meta.status & TP_STATUS_VLAN_VALID:
+            c.drop("vlan_no_device")
+            return
+        if len(frame) > self._rx_limit.get(meta.ifindex, 65600):
+            c.drop("gso_unsplit")
+            return
+        if len(frame) >= 14:
+            ethertype = (frame[12] << 8) | frame[13]
+            if ethertype == ETH_P_ARP or (
+                ethertype == ETH_P_IPV6 and len(frame) >= 21 and frame[20] == IPPROTO_ICMPV6
+            ):
+                self._receive_neighbour(frame, meta, now)
+                return
+        try:
+            d = parse_udp(frame, verify_udp_checksum=not (meta.status & _CSUM_VOUCHED))
+        except MalformedPacketError as exc:
+            c.drop(exc.reason)
+            return
+        if d.vlan_id is not None:
+            c.drop("vlan_no_device")
+            return
+        reason = self._check_addresses(d.family, d.src, d.dst, d.src_port, d.dst_port, meta)
+        if reason is not None:
+            c.drop(reason)
+            return
+        c.delivered += 1
+        self._events.append(DatagramReceived(d.payload, self._peer_tuple(d.src, d.src_port, meta)))
+
+    def _check_addresses(
+        self, family: int, src: bytes, dst: bytes, sport: int, dport: int, meta: FrameMeta
+    ) -> str | None:
+        """The address checks of ip_rcv_core/ip_route_input_slow/ip6_rcv_core and the socket lookup."""
+        cfg = self.config
+        loopback_dev = meta.hatype == ARPHRD_LOOPBACK
+        if dport != cfg.local_port:
+            return "wrong_port"
+        if family == 4:
+            if cfg.family == 6 and not cfg.dual_stack:
+                return "wrong_family"
+            if _v4_martian_source(src):
+                return "martian_source"
+            if not loopback_dev and (_v4_loopback(src) or _v4_loopback(dst)):
+                # ip_route_input_slow(): 127/8 on a non-loopback device is martian (route_localnet=0).
+                return "martian_source" if _v4_loopback(src) else "martian_destination"
+            if dst[0] == 0:
+                return "martian_destination"
+            if not loopback_dev and self._local.is_local(src):
+                # fib_validate_source(): our own address as source from the wire.
+                return "martian_source"
+        else:
+            if cfg.family == 4:
+                return "wrong_family"
+            if src[0] == 0xFF:
+                # ip6_rcv_core(): multicast source (RFC 4291 2.7).
+                return "martian_source"
+            if not loopback_dev and _V6_LOOPBACK in (src, dst):
+                # ip6_rcv_core(): ::1 must never arrive from a wire (RFC 4291 2.5.3).
+                return "martian_source" if src == _V6_LOOPBACK else "martian_destination"
+            if dst[0] == 0xFF and (dst[1] & 0x0F) in (0, 1) and not loopback_dev:
+                # ip6_rcv_core(): reserved-scope and interface-local multicast from a wire.
+                return "martian_destination"
+        # The socket lookup (__udp4_lib_lookup/__udp6_lib_lookup): bound address, then connection.
+        local = cfg.local_ip
+        if family == 4 and cfg.family == 6:
+            if local is not None:
+                return "wrong_address"  # only a wildcard dual-stack socket takes IPv4
+        elif local is not None:
+            if dst != local:
+                return "wrong_address"
+        elif not (self._local.is_local(dst) or (family == 4 and self._local.is_broadcast(dst))):
+            return "not_local"
+        if cfg.remote_ip is not None:
+            remote = cfg.remote_ip
+            if family == 4 and cfg.family == 6:
+                remote = remote[12:] if remote[:12] == _V4MAPPED_PREFIX else b""
+            if src != remote or sport != cfg.remote_port:
+                return "wrong_peer"
+        return None
+
+    def _peer_tuple(
+        self, src: bytes, port: int, meta: FrameMeta
+    ) -> tuple[str, int] | tuple[str, int, int, int]:
+        key = (src, port, meta.ifindex)
+        addr = self._addr_cache.get(key)
+        if addr is None:
+            if self.config.family == 4:
+                addr = (str(ipaddress.IPv4Address(src)), port)
+            else:
+                if len(src) == 4:
+                    src = _V4MAPPED_PREFIX + src
+                # recvfrom() fills sin6_scope_id only for link-local sources (ipv6_iface_scope_id()).
+                scope = meta.ifindex if src[0] == 0xFE and (src[1] & 0xC0) == 0x80 else 0
+                addr = (str(ipaddress.IPv6Address(src)), port, 0, scope)
+            if len(self._addr_cache) >= _ADDR_CACHE_MAX:
+                self._addr_cache.clear()
+            self._addr_cache[key] = addr
+        return addr
+
+    def _receive_neighbour(
+        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
+    ) -> None:
+        """ARP replies (arp_process()) and neighbour advertisements (ndisc_recv_na())."""
+        c = self._counters
+        try:
+            parsed = parse_frame(frame)
+        except MalformedPacketError as exc:
+            c.drop(exc.reason)
+            return
+        own_mac = self._if_macs.get(meta.ifindex)
+        sender_mac: bytes | None
+        if isinstance(parsed.net, ARP):
+            arp = parsed.net
+            if arp.op != 2:
+                c.drop("arp_not_reply")
+                return
+            if not self._local.is_local(arp.target_ip):
+                c.drop("arp_not_for_us")
+                return
+            if self._local.is_local(arp.sender_ip) or arp.sender_mac == own_mac:
+                c.drop("arp_from_self")
+                return
+            address, sender_mac = arp.sender_ip, arp.sender_mac
+        elif isinstance(parsed.transport, NeighborAdvertisement):
+            na = parsed.transport
+            if not na.solicited:
+                c.drop("nd_unsolicited")
+                return
+            sender_mac = na.target_lladdr or parsed.eth.src
+            if self._local.is_local(na.target) or sender_mac == own_mac:
+                c.drop("nd_from_self")
+                return
+            address = na.target
+        else:
+            # Another ICMPv6 message, or a UDP frame inside IPv6 with ICMPv6 as first next header is
+            # impossible; either way it is not ours to deliver.
+            c.drop("not_udp")
+            return
+        if sender_mac[0] & 1 or sender_mac == _ZERO_MAC:
+            c.drop("neighbour_bad_mac")
+            return
+        released = self._neigh.handle_reply(meta.ifindex, address, sender_mac, now)
+        for pending in released:
+            self._release(pending, sender_mac)
+
+    # --------------------------------------------------------------------------------------- send
+    def send_datagram(
+        self,
+        data: bytes | bytearray | memoryview,
+        addr: tuple[bytes, int],
+        route: Route,
+        now: float,
+    ) -> None:
+        """Build the frames for one datagram to ``addr`` (raw IP bytes, port) along ``route``.
+
+        Raises the ``OSError`` the kernel's ``udp_sendmsg()`` would have raised; otherwise the frames
+        are queued (now, or once the next hop is resolved).
+        """
+        dst, dport = addr
+        size = len(data)
+        family = 4 if len(dst) == 4 else 6
+        if (family == 4 and size > MAX_UDP4_PAYLOAD) or (family == 6 and size > MAX_UDP6_PAYLOAD):
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        if route.kind is RouteKind.BROADCAST and not self.config.allow_broadcast:
+            # udp_sendmsg(): RTCF_BROADCAST without SO_BROADCAST.
+            raise PermissionError(errno.EACCES, "Permission denied")
+        self._if_macs[route.ifindex] = route.src_mac
+        ttl = self.config.ttl
+        if route.kind is RouteKind.MULTICAST:
+            dst_mac: bytes | None = multicast_mac(dst)
+            ttl = self.config.multicast_ttl
+        elif route.kind is RouteKind.BROADCAST:
+            dst_mac = BROADCAST_MAC
+        elif route.noarp or route.kind is RouteKind.LOCAL:
+            dst_mac = _ZERO_MAC
+        else:
+            dst_mac = None
+        src_mac = route.src_mac if not (route.noarp or route.kind is RouteKind.LOCAL) else _ZERO_MAC
+        frames = self._build(data, route, dst, dport, dst_mac or _ZERO_MAC, src_mac, ttl)
+        if dst_mac is None:
+            pending = _Pending([bytearray(f) for f in frames], route.ifindex, size)
+            mac = self._neigh.resolve(route.ifindex, route.next_hop, pending, now)
+            if mac is None:
+                self._queue_neighbour_requests(route)
+                return
+            self._release(pending, mac)
+            return
+        last = len(frames) - 1
+        for i, f in enumerate(frames):
+            self._out.append(OutgoingFrame(f, route.ifindex, size if i == last else 0))
+        self._counters.sent += 1
+
+    def _build(
+        self,
+        data: bytes | bytearray | memoryview,
+        route: Route,
+        dst: bytes,
+        dport: int,
+        dst_mac: bytes,
+        src_mac: bytes,
+        ttl: int,
+    ) -> list[bytes]:
+        sport = self.config.local_port
+        src = route.source
+        if len(dst) == 4:
+            self._ident = (self._ident + 1) & 0xFFFF
+            if len(data) + 28 > route.mtu:
+                # ip_fragment(): the kernel fragments locally (IP_PMTUDISC_WANT is UDP's default).
+                return build_ipv4_fragments(
+                    dst_mac,
+                    src_mac,
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                    data,
+                    ttl=ttl,
+                    ident=self._ident,
+                    mtu=route.mtu,
+                )
+            return [build_udp(dst_mac, src_mac, src, dst, sport, dport, data, ttl=ttl, ident=0)]
+        if len(data) + 48 > route.mtu:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        return [build_udp(dst_mac, src_mac, src, dst, sport, dport, data, hop_limit=ttl)]
+
+    def _release(self, pending: _Pending, mac: bytes) -> None:
+        last = len(pending.frames) - 1
+        for i, f in enumerate(pending.frames):
+            f[0:6] = mac
+            self._out.append(
+                OutgoingFrame(bytes(f), pending.ifindex, pending.size if i == last else 0)
+            )
+        self._counters.sent += 1
+
+    def _queue_neighbour_requests(self, route: Route | None = None) -> None:
+        for req in self._neigh.requests_to_send():
+            src_mac = self._if_macs.get(req.ifindex)
+            source = self._request_source(req.ifindex, req.address, route)
+            if src_mac is None or source is None:
+                self._counters.drop("neighbour_no_source")
+                continue
+            if len(req.address) == 4:
+                frame = build_arp_request(src_mac, source, req.address)
+                if req.unicast_mac is not None:
+                    frame = req.unicast_mac + frame[6:]
+            else:
+                frame = build_neighbor_solicitation(src_mac, source, req.address)
+                if req.unicast_mac is not None:
+                    frame = req.unicast_mac + frame[6:]
+            self._out.append(OutgoingFrame(frame, req.ifindex, 0))
+
+    def _request_source(self, ifindex: int, target: bytes, route: Route | None) -> bytes | None:
+        # arp_solicit(): prefer the source of the datagram that triggered the request, else any
+        # address of the interface in the same family.
+        if route is not None and route.ifindex == ifindex and len(route.source) == len(target):
+            self._last_sources[(ifindex, len(target))] = route.source
+            return route.source
+        return self._last_sources.get((ifindex, len(target)))
+
+    # ------------------------------------------------------------------------------------- timers
+    def get_timer(self) -> float | None:
+        """The next time :meth:`handle_timer` must run, or ``None``."""
+        return self._neigh.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit neighbour requests and give up on the ones that failed."""
+        for failed in self._neigh.handle_timer(now):
+            self._fail_pending(failed.dropped)
+        self._queue_neighbour_requests()
+
+    def _fail_pending(self, dropped: tuple[_Pending, ...]) -> None:
+        if not dropped:
+            return
+        self._counters.drop("neighbour_failed", len(dropped))
+        if self.config.remote_ip is not None:
+            # arp_error_report() -> ICMP host unreachable to ourselves -> sk_err on a connected socket.
+            self._events.append(ErrorReceived(OSError(errno.EHOSTUNREACH, "No route to host")))
+
+    # -------------------------------------------------------------------------------------- drain
+    def events(self) -> list[Event]:
+        """Take the queued events (received datagrams and errors), oldest first."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def next_event(self) -> Event | None:
+        """Take the oldest queued event, or ``None``."""
+        return self._events.popleft() if self._events else None
+
+    def frames_to_send(self) -> list[OutgoingFrame]:
+        """Take the frames to write, oldest first."""
+        out = list(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def pending_resolution(self) -> int:
+        """Datagrams waiting for their next hop's MAC (they leave, or fail, when it resolves)."""
+        return self._neigh.pending
+
+    @property
+    def has_output(self) -> bool:
+        """True when :meth:`frames_to_send` would return something."""
+        return bool(self._out)
+
+    def stats(self) -> dict[str, object]:
+        """Counters: frames received, datagrams delivered and sent, drops by reason, neighbour stats."""
+        c = self._counters
+        return {
+            "received": c.received,
+            "delivered": c.delivered,
+            "sent": c.sent,
+            "dropped": dict(c.dropped),
+            "dropped_total": sum(c.dropped.values()),
+            "neighbour": dict(self._neigh.stats),
+        }
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Record a drop the boundary saw (e.g. a GSO frame it could not split)."""
+        self._counters.drop(reason, n)
+
+
+_V6_LOOPBACK = bytes(15) + b"\x01"
+_V4MAPPED_PREFIX = bytes(10) + b"\xff\xff"

@@ -1,0 +1,211 @@
+"""``create_raw_datagram_endpoint()``: asyncio's ``create_datagram_endpoint()`` on the raw path.
+
+The argument handling is CPython's ``BaseEventLoop.create_datagram_endpoint`` (3.11) step by step, so
+misuse raises the same ``TypeError``/``ValueError`` and the kernel's own ``bind()``/``connect()`` on the
+guard UDP socket raises the same ``OSError`` (EADDRINUSE, EADDRNOTAVAIL, ENETUNREACH …). Only public
+loop APIs are used, so the same code runs on the stdlib loop and on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rawtransport.endpoint import RawUdpEndpoint
+from rawtransport.transport import RawDatagramTransport
+
+__all__ = ["create_raw_datagram_endpoint", "install"]
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, addr: Any, family: int, proto: int, flags: int
+) -> list[tuple[int, int, Any]]:
+    infos = await loop.getaddrinfo(
+        addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
+    )
+    return [(fam, pro, address) for fam, _t, pro, _c, address in infos]
+
+
+async def create_raw_datagram_endpoint(
+    protocol_factory: Callable[[], _P],
+    local_addr: tuple[str, int] | None = None,
+    remote_addr: tuple[str, int] | None = None,
+    *,
+    family: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+    reuse_port: bool | None = None,
+    allow_broadcast: bool | None = None,
+    sock: socket.socket | None = None,
+    interface: str | None = None,
+    qdisc_bypass: bool = False,
+    rcvbuf: int | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> tuple[RawDatagramTransport, _P]:
+    """Create a datagram endpoint whose datagrams travel through an ``AF_PACKET`` socket.
+
+    The positional and the standard keyword arguments are those of
+    ``loop.create_datagram_endpoint()``; ``sock`` is a UDP socket that becomes the endpoint's guard
+    (its address is the endpoint's). The raw path adds keyword-only knobs: ``interface`` (receive and
+    send only on this link), ``qdisc_bypass`` (``PACKET_QDISC_BYPASS`` on the sending sockets) and
+    ``rcvbuf`` (``SO_RCVBUF`` of the receiving packet socket). Needs CAP_NET_RAW.
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    r_addr: Any = None
+    if sock is not None:
+        if sock.type != socket.SOCK_DGRAM:
+            raise ValueError(f"A UDP Socket was expected, got {sock!r}")
+        if local_addr or remote_addr or family or proto or flags or reuse_port or allow_broadcast:
+            opts = {
+                "local_addr": local_addr,
+                "remote_addr": remote_addr,
+                "family": family,
+                "proto": proto,
+                "flags": flags,
+                "reuse_port": reuse_port,
+                "allow_broadcast": allow_broadcast,
+            }
+            problems = ", ".join(f"{k}={v}" for k, v in opts.items() if v)
+            raise ValueError(
+                f"socket modifier keyword arguments can not be used when sock is specified. "
+                f"({problems})"
+            )
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"the raw path carries IPv4 and IPv6 only, got {sock.family!r}")
+        sock.setblocking(False)
+        if sock.getsockname()[1] == 0:
+            sock.bind(("::" if sock.family == socket.AF_INET6 else "0.0.0.0", 0))
+        try:
+            r_addr = sock.getpeername()
+        except OSError:
+            r_addr = None
+        remote = _raw_peer(sock) if r_addr is not None else None
+        guard = sock
+    else:
+        if family == getattr(socket, "AF_UNIX", -1):
+            raise ValueError("the raw path carries IPv4 and IPv6 only, not AF_UNIX")
+        if family not in (0, socket.AF_INET, socket.AF_INET6):
+            raise ValueError("unexpected address family")
+        if not (local_addr or remote_addr):
+            if family == 0:
+                raise ValueError("unexpected address family")
+            addr_pairs_info: list[tuple[tuple[int, int], list[Any]]] = [
+                ((family, proto), [None, None])
+            ]
+        else:
+            addr_infos: dict[tuple[int, int], list[Any]] = {}
+            for idx, addr in ((0, local_addr), (1, remote_addr)):
+                if addr is not None:
+                    if not (isinstance(addr, tuple) and len(addr) == 2):
+                        raise TypeError("2-tuple is expected")
+                    infos = await _resolve(loop, addr, family, proto, flags)
+                    if not infos:
+                        raise OSError("getaddrinfo() returned empty list")
+                    for fam, pro, address in infos:
+                        addr_infos.setdefault((fam, pro), [None, None])[idx] = address
+            addr_pairs_info = [
+                (key, pair)
+                for key, pair in addr_infos.items()
+                if not ((local_addr and pair[0] is None) or (remote_addr and pair[1] is None))
+            ]
+            if not addr_pairs_info:
+                raise ValueError("can not get address information")
+        if reuse_port:
+            # Two raw endpoints on one port would each see every datagram (a packet socket is a tap),
+            # so SO_REUSEPORT's load balancing cannot be honoured: refuse rather than duplicate.
+            raise ValueError("reuse_port is not supported on the raw path")
+        exceptions: list[OSError] = []
+        for (fam, pro), (local_address, remote_address) in addr_pairs_info:
+            guard_sock: socket.socket | None = None
+            r_addr = None
+            try:
+                guard_sock = socket.socket(family=fam, type=socket.SOCK_DGRAM, proto=pro)
+                if allow_broadcast:
+                    guard_sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                guard_sock.setblocking(False)
+                if local_addr:
+                    guard_sock.bind(local_address)
+                if remote_addr:
+                    if not allow_broadcast:
+                        await loop.sock_connect(guard_sock, remote_address)
+                    r_addr = remote_address
+                if guard_sock.getsockname()[1] == 0:
+                    # The raw endpoint needs its port now: a kernel socket would autobind on its
+                    # first send (inet_autobind()); binding the wildcard to port 0 is the same.
+                    guard_sock.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
+            except OSError as exc:
+                if guard_sock is not None:
+                    guard_sock.close()
+                exceptions.append(exc)
+            except BaseException:
+                if guard_sock is not None:
+                    guard_sock.close()
+                raise
+            else:
+                break
+        else:
+            raise exceptions[0]
+        assert guard_sock is not None
+        guard = guard_sock
+        remote = _raw_peer(guard) if (r_addr is not None and not allow_broadcast) else None
+
+    try:
+        endpoint = RawUdpEndpoint.open(
+            guard,
+            remote=remote,
+            allow_broadcast=bool(allow_broadcast),
+            interface=interface,
+            qdisc_bypass=qdisc_bypass,
+            rcvbuf=rcvbuf,
+        )
+    except BaseException:
+        guard.close()
+        raise
+    protocol = protocol_factory()
+    waiter: asyncio.Future[None] = loop.create_future()
+    transport = RawDatagramTransport(loop, endpoint, protocol, r_addr, waiter)  # type: ignore[arg-type]
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    return transport, protocol
+
+
+def _raw_peer(sock: socket.socket) -> tuple[bytes, int]:
+    host, port = sock.getpeername()[:2]
+    return socket.inet_pton(sock.family, host.split("%")[0]), port
+
+
+async def _method(
+    self: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], _P],
+    local_addr: tuple[str, int] | None = None,
+    remote_addr: tuple[str, int] | None = None,
+    **kwargs: Any,
+) -> tuple[RawDatagramTransport, _P]:
+    return await create_raw_datagram_endpoint(
+        protocol_factory, local_addr, remote_addr, loop=self, **kwargs
+    )
+
+
+def install(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Make ``loop.create_raw_datagram_endpoint(...)`` available.
+
+    With a loop: on that loop instance only. Without one: on every stdlib event loop
+    (``asyncio.BaseEventLoop``) and, if uvloop is installed, every ``uvloop.Loop``. Idempotent.
+    """
+    if loop is not None:
+        loop.create_raw_datagram_endpoint = _method.__get__(loop)  # type: ignore[attr-defined]
+        return
+    asyncio.BaseEventLoop.create_raw_datagram_endpoint = _method  # type: ignore[attr-defined]
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.Loop.create_raw_datagram_endpoint = _method  # type: ignore[attr-defined]

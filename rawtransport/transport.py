@@ -1,0 +1,462 @@
+"""``RawDatagramTransport``: an ``asyncio.DatagramTransport`` over the raw path.
+
+It follows CPython's ``_SelectorDatagramTransport`` contract so an unmodified
+``asyncio.DatagramProtocol`` cannot tell the difference: ``connection_made`` and the reader are scheduled
+with ``call_soon``; ``OSError`` from a send goes to ``error_received``; anything else is one
+``_fatal_error`` and exactly one ``connection_lost``; data is buffered on EAGAIN with flow control. Only
+public loop APIs (``add_reader``, ``add_writer``, ``call_soon``, ``call_at``) are used, so it runs on
+uvloop too. The transport only moves bytes; the protocol logic lives in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, final
+
+from rawtransport.endpoint import RawUdpEndpoint
+from rawtransport.engine import DatagramReceived, Event, OutgoingFrame
+
+__all__ = ["RawDatagramTransport"]
+
+logger = logging.getLogger("rawtransport")
+
+_DEFAULT_HIGH_WATER = 64 * 1024
+_LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
+
+
+def _set_result_unless_cancelled(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.set_result(None)
+
+
+@final
+class RawDatagramTransport(asyncio.DatagramTransport):
+    """The transport returned by ``create_raw_datagram_endpoint()``.
+
+    Beyond ``asyncio.DatagramTransport`` it answers ``get_extra_info("stats")`` (frames received,
+    datagrams delivered and sent, drops by reason, kernel drops) and ``get_extra_info("packet_socket")``.
+    """
+
+    #: Frames read per readiness callback before yielding to other tasks (bounded work per callback).
+    read_budget = 64
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: RawUdpEndpoint,
+        protocol: asyncio.DatagramProtocol,
+        address: Any = None,
+        waiter: asyncio.Future[None] | None = None,
+    ) -> None:
+        super().__init__(None)
+        self._loop: asyncio.AbstractEventLoop = loop
+        self._ep = endpoint
+        self._protocol: asyncio.DatagramProtocol = protocol
+        self._address = address
+        self._buffer: deque[OutgoingFrame] = deque()
+        self._buffer_size = 0
+        self._writer_fd: int | None = None
+        self._closing = False
+        self._conn_lost = 0
+        self._reading = False
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH_WATER
+        self._low_water = _DEFAULT_HIGH_WATER // 4
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        # After connection_lost, datagrams still waiting for ARP/ND keep the sockets open until they
+        # leave or fail, as a kernel socket's datagrams sit in the neighbour's queue after close().
+        self._lingering = False
+        self._aborted = False
+        guard = endpoint.guard
+        try:
+            peername = guard.getpeername()
+        except OSError:
+            peername = None
+        self._extra: dict[str, Any] = {
+            "socket": _transport_socket(guard),
+            "sockname": guard.getsockname(),
+            "peername": peername,
+            "packet_socket": endpoint.receiver.sock,
+        }
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading when connection_made() has been called (as selector_events does).
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter)
+
+    # ----------------------------------------------------------------------- BaseTransport API
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """As asyncio's, plus ``"stats"`` (a fresh dict of counters) and ``"packet_socket"``."""
+        if name == "stats":
+            return self._ep.stats() if not self._ep.closed else default
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        """True once ``close()`` or ``abort()`` was called or the transport failed."""
+        return self._closing
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol receiving this transport's callbacks."""
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Replace the protocol (it must be a ``DatagramProtocol``)."""
+        self._protocol = protocol  # type: ignore[assignment]
+
+    def close(self) -> None:
+        """Stop reading; ``connection_lost(None)`` follows once the write buffer has drained."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._buffer:
+            self._conn_lost += 1
+            self._remove_writer()
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        """Close at once, discarding buffered data; ``connection_lost(None)`` follows."""
+        self._aborted = True
+        self._force_close(None)
+
+    # ------------------------------------------------------------------ flow control (writes)
+    def get_write_buffer_size(self) -> int:
+        """Payload bytes waiting for the packet socket to become writable."""
+        return self._buffer_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """(low, high) water marks."""
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks as asyncio's transports do (high defaults to 64 KiB, low to high/4)."""
+        if high is None:
+            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._buffer_size <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": "protocol.pause_writing() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self._buffer_size <= self._low_water:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._loop.call_exception_handler(
+                    {
+                        "message": "protocol.resume_writing() failed",
+                        "exception": exc,
+                        "transport": self,
+                        "protocol": self._protocol,
+                    }
+                )
+
+    # --------------------------------------------------------------------------------- sending
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        """Send ``data`` to ``addr`` (or to the connected peer), as ``DatagramTransport.sendto``."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if not data:
+            # As _SelectorDatagramTransport and uvloop do on Python 3.11/3.12: an empty sendto() is
+            # dropped (gh-113812). Received empty datagrams are delivered.
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = self._address
+        if self._conn_lost:
+            if self._address and self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        try:
+            self._ep.send(data, addr, self._loop.time())
+        except OSError as exc:
+            self._error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            # socket.sendto() raising TypeError for a bad address ends a stdlib transport this way too.
+            self._fatal_error(exc, "Fatal write error on datagram transport")
+            return
+        self._flush_engine()
+
+    def _flush_engine(self) -> None:
+        """Write what the engine produced (datagrams, released pending frames, ARP/ND requests)."""
+        if self._ep.engine.has_output:
+            frames = self._ep.engine.frames_to_send()
+            if self._buffer:
+                self._buffer.extend(frames)
+                self._buffer_size += sum(f.size for f in frames)
+                self._maybe_pause_protocol()
+            else:
+                remaining, errors = self._ep.write_frames(frames)
+                for exc in errors:
+                    self._error_received(exc)
+                if remaining:
+                    self._buffer.extend(remaining)
+                    self._buffer_size += sum(f.size for f in remaining)
+                    self._add_writer(remaining[0].ifindex)
+                    self._maybe_pause_protocol()
+        self._arm_timer()
+
+    def _add_writer(self, ifindex: int) -> None:
+        fd = self._ep.sender_fileno(ifindex)
+        if self._writer_fd != fd:
+            self._remove_writer()
+            self._writer_fd = fd
+            self._loop.add_writer(fd, self._write_ready)
+
+    def _remove_writer(self) -> None:
+        if self._writer_fd is not None:
+            self._loop.remove_writer(self._writer_fd)
+            self._writer_fd = None
+
+    def _write_ready(self) -> None:
+        frames = list(self._buffer)
+        self._buffer.clear()
+        self._buffer_size = 0
+        try:
+            remaining, errors = self._ep.write_frames(frames)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on datagram transport")
+            return
+        for err in errors:
+            self._error_received(err)
+        if remaining:
+            self._buffer.extend(remaining)
+            self._buffer_size = sum(f.size for f in remaining)
+            self._add_writer(remaining[0].ifindex)
+        self._maybe_resume_protocol()
+        if not self._buffer:
+            self._remove_writer()
+            if self._closing and not self._conn_lost:
+                self._conn_lost += 1
+                self._loop.call_soon(self._call_connection_lost, None)
+
+    # -------------------------------------------------------------------------------- reading
+    def _start_reading(self) -> None:
+        if self._closing or self._reading:
+            return
+        self._reading = True
+        self._loop.add_reader(self._ep.receiver.fileno(), self._read_ready)
+        self._loop.add_reader(self._ep.guard.fileno(), self._guard_ready)
+        self._loop.add_reader(self._ep.netlink_fileno(), self._netlink_ready)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._ep.receiver.fileno())
+            self._loop.remove_reader(self._ep.guard.fileno())
+            self._loop.remove_reader(self._ep.netlink_fileno())
+
+    def _read_ready(self) -> None:
+        if self._conn_lost:
+            return
+        try:
+            events = self._ep.read_ready(self._loop.time(), self.read_budget)
+        except OSError as exc:
+            self._error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        self._dispatch(events)
+        self._flush_engine()
+
+    def _guard_ready(self) -> None:
+        exc = self._ep.guard_ready()
+        if exc is not None and not self._conn_lost:
+            self._error_received(exc)
+
+    def _netlink_ready(self) -> None:
+        try:
+            self._ep.netlink_ready(self._loop.time())
+        except OSError as exc:
+            logger.debug("rtnetlink refresh failed: %r", exc)
+
+    def _dispatch(self, events: list[Event]) -> None:
+        protocol = self._protocol
+        for i, event in enumerate(events):
+            if self._closing:
+                # The protocol closed us mid-batch: the kernel socket would have kept these datagrams
+                # queued and unread until close; count them rather than call a closed protocol.
+                self._ep.engine.count_drop("closed", len(events) - i)
+                return
+            try:
+                if isinstance(event, DatagramReceived):
+                    protocol.datagram_received(event.data, event.addr)
+                else:
+                    protocol.error_received(event.exc)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                # A faulty protocol must not cost the rest of the batch: report it the way the loop
+                # reports an exception escaping a callback, and go on.
+                self._loop.call_exception_handler(
+                    {
+                        "message": "Exception in datagram_received/error_received",
+                        "exception": exc,
+                        "transport": self,
+                        "protocol": protocol,
+                    }
+                )
+
+    def _error_received(self, exc: OSError) -> None:
+        try:
+            self._protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as err:
+            self._loop.call_exception_handler(
+                {
+                    "message": "Exception in error_received",
+                    "exception": err,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    # --------------------------------------------------------------------------------- timers
+    def _arm_timer(self) -> None:
+        when = self._ep.engine.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None and (not self._conn_lost or self._lingering):
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._lingering:
+            self._ep.engine.handle_timer(self._loop.time())
+            self._linger_step()
+            return
+        if self._conn_lost:
+            return
+        self._ep.engine.handle_timer(self._loop.time())
+        self._dispatch(self._ep.engine.events())
+        self._flush_engine()
+
+    # ------------------------------------------------------------------------------- shutdown
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        if isinstance(exc, OSError):
+            logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        if self._buffer:
+            self._buffer.clear()
+            self._buffer_size = 0
+            self._remove_writer()
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
+        finally:
+            self._stop_reading()
+            if not self._aborted and exc is None and self._ep.engine.pending_resolution:
+                self._lingering = True
+                self._loop.add_reader(self._ep.receiver.fileno(), self._linger_read)
+                self._arm_timer()
+            else:
+                self._release()
+
+    def _linger_read(self) -> None:
+        try:
+            self._ep.read_ready(self._loop.time(), self.read_budget)
+        except OSError:
+            self._ep.engine.count_drop("linger_read_error")
+            self._release()
+            return
+        self._linger_step()
+
+    def _linger_step(self) -> None:
+        """Send what resolved; nobody is listening any more, so received datagrams are counted."""
+        events = self._ep.engine.events()
+        self._ep.engine.count_drop("closed", sum(isinstance(e, DatagramReceived) for e in events))
+        if self._ep.engine.has_output:
+            remaining, _errors = self._ep.write_frames(self._ep.engine.frames_to_send())
+            self._ep.engine.count_drop("linger_unsent", sum(1 for f in remaining if f.size))
+        if self._ep.engine.pending_resolution:
+            self._arm_timer()
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lingering:
+            self._lingering = False
+            self._loop.remove_reader(self._ep.receiver.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._remove_writer()
+        self._ep.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn_lost else "closing" if self._closing else "open"
+        return f"<RawDatagramTransport {state} sockname={self._extra.get('sockname')!r}>"
+
+
+def _transport_socket(sock: Any) -> Any:
+    """The guard socket wrapped as asyncio wraps its own (``asyncio.trsock.TransportSocket``)."""
+    try:
+        from asyncio import trsock
+
+        return trsock.TransportSocket(sock)
+    except ImportError:  # pragma: no cover - every supported Python has it
+        return sock
