@@ -18,7 +18,7 @@ from rawtransport.bpf import endpoint_filter
 from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
 from rawtransport.link import PacketReceiver, PacketSender, privilege_error
 from rawtransport.netlink import Rtnl, RtnlMonitor
-from rawtransport.route import LinkInfo, LocalAddresses, Route, RouteCache
+from rawtransport.route import LinkInfo, LocalAddresses, Route, RouteCache, RouteKind
 
 __all__ = ["RawUdpEndpoint", "parse_address"]
 
@@ -249,12 +249,23 @@ class RawUdpEndpoint:
                 raise OSError(errno.ENETUNREACH, "Network is unreachable")
             dst = dst[12:]
         route = self.route(dst, now)
+        if route.kind is RouteKind.LOCAL and len(dst) == 4:
+            # To one of this host's own IPv4 addresses: a frame injected on lo with a local (or
+            # 127/8) source is a martian to ip_route_input_slow()/fib_validate_source() unless
+            # accept_local/route_localnet are set, so no kernel socket would get it. The guard is a
+            # kernel UDP socket with our address and port: the kernel path delivers it, and raw
+            # endpoints on this host still see it on lo.
+            self.guard.sendto(data, (socket.inet_ntop(socket.AF_INET, dst), port))
+            self.engine.count_sent_by_kernel()
+            return
         self.engine.send_datagram(data, (dst, port), route, now)
 
     def _sender(self, ifindex: int) -> PacketSender:
         sender = self._senders.get(ifindex)
         if sender is None:
-            sender = self._senders[ifindex] = PacketSender(ifindex, qdisc_bypass=self._qdisc_bypass)
+            sender = self._senders[ifindex] = PacketSender(
+                ifindex, qdisc_bypass=self._qdisc_bypass, fallback=self.receiver.sock
+            )
         return sender
 
     def sender_fileno(self, ifindex: int) -> int:

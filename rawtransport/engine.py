@@ -143,6 +143,7 @@ class _Counters:
     received: int = 0
     delivered: int = 0
     sent: int = 0
+    sent_by_kernel: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
     def drop(self, reason: str, n: int = 1) -> None:
@@ -542,10 +543,16 @@ class UdpEngine:
             "received": c.received,
             "delivered": c.delivered,
             "sent": c.sent,
+            "sent_by_kernel": c.sent_by_kernel,
             "dropped": dict(c.dropped),
             "dropped_total": sum(c.dropped.values()),
             "neighbour": dict(self._neigh.stats),
         }
+
+    def count_sent_by_kernel(self) -> None:
+        """Record a datagram the boundary handed to the kernel's UDP path instead (see endpoint)."""
+        self._counters.sent += 1
+        self._counters.sent_by_kernel += 1
 
     def count_drop(self, reason: str, n: int = 1) -> None:
         """Record a drop the boundary saw (e.g. a GSO frame it could not split)."""

@@ -22,6 +22,7 @@ __all__ = [
     "PacketReceiver",
     "PacketSender",
     "attach_filter",
+    "bind_ll",
     "open_packet_socket",
     "privilege_error",
 ]
@@ -76,7 +77,8 @@ def attach_filter(sock: socket.socket, program: Program) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def _bind_ll(sock: socket.socket, ifindex: int, protocol: int) -> None:
+def bind_ll(sock: socket.socket, ifindex: int, protocol: int) -> None:
+    """Bind a packet socket to ``protocol`` on ``ifindex`` (0: every interface)."""
     # Python's AF_PACKET bind() takes an interface *name* and cannot express ifindex 0 ("every
     # interface"), so bind through libc with a sockaddr_ll.
     addr = _SOCKADDR_LL.pack(socket.AF_PACKET, socket.htons(protocol), ifindex, 0, 0, 0, b"")
@@ -100,7 +102,7 @@ class PacketReceiver:
                 self.ignores_outgoing = False
             if rcvbuf is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            _bind_ll(sock, ifindex, ETH_P_ALL)
+            bind_ll(sock, ifindex, ETH_P_ALL)
         except BaseException:
             sock.close()
             raise
@@ -164,25 +166,43 @@ class PacketSender:
 
     ``send()`` on a bound socket costs one syscall; sending through an unbound socket with an address
     would make CPython resolve the interface name with an extra ioctl per datagram.
+
+    CAP_NET_RAW is checked only when a packet socket is created. A process that dropped it after
+    opening its endpoint cannot open a sender for an interface it had not used yet: then ``fallback``
+    (the endpoint's receiving socket, already open) sends with an explicit address instead.
     """
 
-    def __init__(self, ifindex: int, *, qdisc_bypass: bool = False) -> None:
+    def __init__(
+        self, ifindex: int, *, qdisc_bypass: bool = False, fallback: socket.socket | None = None
+    ) -> None:
         self.ifindex = ifindex
-        self.sock = sock = open_packet_socket()
+        self._address: tuple[str, int] | None = None
+        try:
+            self.sock = sock = open_packet_socket()
+        except PermissionError:
+            if fallback is None:
+                raise
+            self.sock = fallback
+            self._address = (socket.if_indextoname(ifindex), 0)
+            return
         try:
             # A send-only socket should never queue anything: a drop-all filter makes that explicit.
             attach_filter(sock, drop_all())
             if qdisc_bypass:
                 sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
-            _bind_ll(sock, ifindex, 0)
+            bind_ll(sock, ifindex, 0)
         except BaseException:
             sock.close()
             raise
 
     def send(self, frame: bytes) -> None:
         """Write one frame; raises ``BlockingIOError`` when the socket's send buffer is full."""
-        self.sock.send(frame)
+        if self._address is None:
+            self.sock.send(frame)
+        else:
+            self.sock.sendto(frame, self._address)
 
     def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
+        """Close the socket (not a borrowed fallback: its owner closes that)."""
+        if self._address is None:
+            self.sock.close()

@@ -1,0 +1,622 @@
+"""The pure ring walker on synthetic ring memory: geometry checks, V2 frames, V3 blocks, corruption.
+
+Headers are written here at the byte offsets of linux/if_packet.h (not with the module's own structs),
+so a layout mistake in :mod:`rawtransport.ring` shows up as a failure rather than agreeing with itself.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rawtransport.ring import (
+    MAX_RING_BYTES,
+    TP_STATUS_COPY,
+    TP_STATUS_KERNEL,
+    TP_STATUS_LOSING,
+    TP_STATUS_USER,
+    TPACKET2_HDRLEN,
+    TPACKET3_HDRLEN,
+    TPACKET_V2,
+    TPACKET_V3,
+    RingGeometry,
+    V2Walker,
+    V3Walker,
+)
+
+PAGE = 4096
+CSUMNOTREADY = 0x08
+ARPHRD_ETHER = 1
+PACKET_HOST = 0
+PACKET_BROADCAST = 1
+
+
+def _u32(buf: bytearray, off: int, value: int) -> None:
+    struct.pack_into("=I", buf, off, value)
+
+
+def _u16(buf: bytearray, off: int, value: int) -> None:
+    struct.pack_into("=H", buf, off, value)
+
+
+def _sll(buf: bytearray, off: int, ifindex: int, hatype: int, pkttype: int) -> None:
+    # struct sockaddr_ll: family @0, protocol @2, ifindex @4, hatype @8, pkttype @10, halen @11
+    _u16(buf, off, 17)
+    struct.pack_into("=i", buf, off + 4, ifindex)
+    _u16(buf, off + 8, hatype)
+    buf[off + 10] = pkttype
+    buf[off + 11] = 6
+
+
+# ------------------------------------------------------------------------------------ geometry
+def test_geometry_v2_layout_and_request() -> None:
+    g = RingGeometry(version=2, block_size=2 * PAGE, block_count=3, frame_size=1536)
+    assert g.frames_per_block == 5  # 8192 // 1536, with 512 bytes of slack per block
+    assert g.frame_count == 15
+    assert g.size == 3 * 2 * PAGE
+    assert g.frame_offset(0) == 0
+    assert g.frame_offset(4) == 4 * 1536
+    assert g.frame_offset(5) == 2 * PAGE  # frames never straddle a block
+    assert g.frame_offset(14) == 2 * 2 * PAGE + 4 * 1536
+    assert g.kernel_version == TPACKET_V2
+    assert g.request() == struct.pack("=IIII", 2 * PAGE, 3, 1536, 15)
+
+
+def test_geometry_v3_request_carries_the_block_timer() -> None:
+    g = RingGeometry(
+        version=3, block_size=PAGE * 4, block_count=2, frame_size=2048, retire_blk_tov=3
+    )
+    assert g.kernel_version == TPACKET_V3
+    assert g.request() == struct.pack("=IIIIIII", PAGE * 4, 2, 2048, 16, 3, 0, 0)
+
+
+def test_header_lengths_match_if_packet_h() -> None:
+    # TPACKET2_HDRLEN = TPACKET_ALIGN(32) + sizeof(sockaddr_ll); TPACKET3_HDRLEN = ALIGN(48) + 20.
+    assert TPACKET2_HDRLEN == 52
+    assert TPACKET3_HDRLEN == 68
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc", "match"),
+    [
+        ({"block_size": 3 * PAGE}, ValueError, "power-of-two"),
+        ({"block_size": PAGE + 16}, ValueError, "power-of-two"),
+        ({"block_size": PAGE // 2}, ValueError, "power-of-two"),
+        ({"frame_size": 2040}, ValueError, "multiple of 16"),
+        ({"frame_size": 48}, ValueError, "smaller than"),
+        ({"frame_size": 2 * PAGE}, ValueError, "no frame fits"),
+        ({"block_count": 0}, ValueError, "block_count"),
+        ({"block_count": -1}, ValueError, "block_count"),
+        ({"block_size": -PAGE}, ValueError, "block_size"),
+        ({"block_size": 1 << 32}, ValueError, "block_size"),
+        ({"frame_size": 1 << 33}, ValueError, "frame_size"),
+        ({"block_count": (MAX_RING_BYTES // PAGE) + 1}, ValueError, "cap"),
+        ({"block_count": True}, TypeError, "int"),
+        ({"block_count": 2.0}, TypeError, "int"),
+        ({"version": 1}, ValueError, "version"),
+        ({"version": 4}, ValueError, "version"),
+        ({"version": True}, ValueError, "version"),
+        ({"retire_blk_tov": 1}, ValueError, "TPACKET_V3 only"),
+        ({"page_size": 3000}, ValueError, "page_size"),
+    ],
+)
+def test_geometry_refuses(kw: dict[str, object], exc: type[Exception], match: str) -> None:
+    args: dict[str, object] = {
+        "version": 2,
+        "block_size": PAGE,
+        "block_count": 4,
+        "frame_size": 2048,
+        **kw,
+    }
+    with pytest.raises(exc, match=match):
+        RingGeometry(**args)  # type: ignore[arg-type]
+
+
+def test_geometry_v3_timer_range() -> None:
+    base = {"version": 3, "block_size": PAGE, "block_count": 1, "frame_size": 2048}
+    RingGeometry(**base, retire_blk_tov=0)
+    with pytest.raises(ValueError, match="retire_blk_tov"):
+        RingGeometry(**base, retire_blk_tov=-1)
+    with pytest.raises(ValueError, match="retire_blk_tov"):
+        RingGeometry(**base, retire_blk_tov=60_001)
+
+
+@given(
+    version=st.sampled_from([2, 3]),
+    block_size=st.integers(-(1 << 33), 1 << 33),
+    block_count=st.integers(-(1 << 33), 1 << 33),
+    frame_size=st.integers(-(1 << 33), 1 << 33),
+)
+def test_geometry_accepted_values_are_sane(
+    version: int, block_size: int, block_count: int, frame_size: int
+) -> None:
+    try:
+        g = RingGeometry(version, block_size, block_count, frame_size)
+    except ValueError:
+        return
+    assert 0 < g.size <= MAX_RING_BYTES
+    assert g.block_size % PAGE == 0
+    assert g.frame_size % 16 == 0
+    assert g.frame_size >= g.header_len
+    assert 1 <= g.frame_count <= 0xFFFF_FFFF
+    last = g.frame_offset(g.frame_count - 1)
+    assert last + g.frame_size <= g.size
+
+
+# ------------------------------------------------------------------------------------------ V2
+V2 = RingGeometry(version=2, block_size=PAGE, block_count=2, frame_size=1024)  # 8 frames
+
+
+def _v2_frame(
+    buf: bytearray,
+    geometry: RingGeometry,
+    index: int,
+    payload: bytes,
+    *,
+    status: int = TP_STATUS_USER,
+    mac: int = 66,
+    snaplen: int | None = None,
+    tp_len: int | None = None,
+    ifindex: int = 7,
+    pkttype: int = PACKET_HOST,
+) -> int:
+    """Write a tpacket2_hdr frame the way tpacket_rcv() does; return the payload's offset."""
+    base = geometry.frame_offset(index)
+    snap = len(payload) if snaplen is None else snaplen
+    _u32(buf, base + 4, len(payload) if tp_len is None else tp_len)  # tp_len
+    _u32(buf, base + 8, snap)  # tp_snaplen
+    _u16(buf, base + 12, mac)  # tp_mac
+    _u16(buf, base + 14, (mac + 14) & 0xFFFF)  # tp_net
+    _sll(buf, base + 32, ifindex, ARPHRD_ETHER, pkttype)
+    if mac >= 0 and base + mac + len(payload) <= len(buf):
+        buf[base + mac : base + mac + len(payload)] = payload
+    _u32(buf, base, status)  # tp_status last, as the kernel publishes it
+    return base + mac
+
+
+def _status2(buf: bytearray, geometry: RingGeometry, index: int) -> int:
+    return int(struct.unpack_from("=I", buf, geometry.frame_offset(index))[0])
+
+
+def _read(buf: bytearray, got: tuple[int, int, object] | None) -> bytes:
+    assert got is not None
+    off, n, _ = got
+    return bytes(buf[off : off + n])
+
+
+def test_v2_empty_ring_has_nothing() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(memoryview(buf), V2)
+    assert walker.next_frame() is None
+    assert walker.next_frame() is None
+    assert walker.index == 0
+
+
+def test_v2_returns_frame_with_metadata_and_releases_it_at_the_next_call() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    at = _v2_frame(buf, V2, 0, b"hello", status=TP_STATUS_USER | CSUMNOTREADY, ifindex=42)
+    got = walker.next_frame()
+    assert got is not None
+    off, n, meta = got
+    assert (off, n) == (at, 5)
+    assert buf[off : off + n] == b"hello"
+    assert meta.ifindex == 42
+    assert meta.pkttype == PACKET_HOST
+    assert meta.hatype == ARPHRD_ETHER
+    assert meta.status == TP_STATUS_USER | CSUMNOTREADY
+    assert not meta.truncated
+    # Still the caller's until it asks again.
+    assert _status2(buf, V2, 0) & TP_STATUS_USER
+    assert walker.next_frame() is None
+    assert _status2(buf, V2, 0) == TP_STATUS_KERNEL
+
+
+def test_v2_explicit_release_is_idempotent() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    _v2_frame(buf, V2, 0, b"a")
+    assert walker.next_frame() is not None
+    walker.release()
+    assert _status2(buf, V2, 0) == TP_STATUS_KERNEL
+    _v2_frame(
+        buf, V2, 0, b"b"
+    )  # the kernel may reuse it at once: a second release must not touch it
+    walker.release()
+    assert _status2(buf, V2, 0) == TP_STATUS_USER
+
+
+def test_v2_stops_at_the_first_kernel_owned_slot_and_resumes_there() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    _v2_frame(buf, V2, 0, b"zero")
+    _v2_frame(buf, V2, 1, b"one")
+    _v2_frame(buf, V2, 3, b"three")  # slot 2 not yet written: 3 must wait behind it
+    assert _read(buf, walker.next_frame()) == b"zero"
+    assert _read(buf, walker.next_frame()) == b"one"
+    assert walker.next_frame() is None
+    _v2_frame(buf, V2, 2, b"two")
+    assert _read(buf, walker.next_frame()) == b"two"
+    assert _read(buf, walker.next_frame()) == b"three"
+    assert walker.next_frame() is None
+    assert [_status2(buf, V2, i) for i in range(4)] == [TP_STATUS_KERNEL] * 4
+
+
+def test_v2_wraps_around_across_blocks_with_slack() -> None:
+    g = RingGeometry(version=2, block_size=PAGE, block_count=3, frame_size=1536)  # 2 per block
+    buf = bytearray(g.size)
+    walker = V2Walker(buf, g)
+    seen = []
+    for lap in range(3):
+        for i in range(g.frame_count):
+            _v2_frame(buf, g, i, b"%d:%d" % (lap, i))
+        for _ in range(g.frame_count):
+            seen.append(_read(buf, walker.next_frame()))
+        assert walker.next_frame() is None
+        assert walker.index == 0
+    assert seen == [b"%d:%d" % (lap, i) for lap in range(3) for i in range(g.frame_count)]
+    # The slack at the end of each block is never treated as a frame.
+    assert g.frame_offset(2) == PAGE
+
+
+def test_v2_truncation_flags() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    _v2_frame(buf, V2, 0, b"x" * 100, tp_len=1500)  # clipped to the slot
+    _v2_frame(buf, V2, 1, b"y" * 10, status=TP_STATUS_USER | TP_STATUS_COPY)
+    _v2_frame(buf, V2, 2, b"z" * 10, status=TP_STATUS_USER | TP_STATUS_LOSING)
+    metas = []
+    for _ in range(3):
+        got = walker.next_frame()
+        assert got is not None
+        metas.append(got[2])
+    assert [m.truncated for m in metas] == [True, True, False]
+    assert metas[2].status & TP_STATUS_LOSING
+
+
+@pytest.mark.parametrize(
+    ("mac", "snaplen", "reason"),
+    [
+        (0, 10, "ring_mac_offset"),
+        (TPACKET2_HDRLEN - 1, 10, "ring_mac_offset"),
+        (66, 1024 - 66 + 1, "ring_frame_bounds"),
+        (1000, 100, "ring_frame_bounds"),
+        (66, 0xFFFF_FFFF, "ring_frame_bounds"),
+        (0xFFFF, 1, "ring_frame_bounds"),
+    ],
+)
+def test_v2_corrupt_frame_is_counted_released_and_skipped(
+    mac: int, snaplen: int, reason: str
+) -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    _v2_frame(buf, V2, 0, b"", mac=mac, snaplen=snaplen)
+    _v2_frame(buf, V2, 1, b"good")
+    assert _read(buf, walker.next_frame()) == b"good"
+    assert walker.corrupt == {reason: 1}
+    assert reason in walker.last_corrupt
+    assert _status2(buf, V2, 0) == TP_STATUS_KERNEL
+
+
+def test_v2_frame_filling_its_slot_exactly_is_fine() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    _v2_frame(buf, V2, 7, b"q" * (1024 - 66))
+    walker._index = 7  # the last slot of the ring: its end is the end of the buffer
+    got = walker.next_frame()
+    assert got is not None
+    assert got[0] + got[1] == V2.size
+    assert walker.corrupt == {}
+
+
+def test_v2_all_corrupt_ends_after_one_lap() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    for i in range(V2.frame_count):
+        _v2_frame(buf, V2, i, b"", mac=1, snaplen=1)
+    assert walker.next_frame() is None
+    assert walker.corrupt == {"ring_mac_offset": V2.frame_count}
+    assert all(_status2(buf, V2, i) == TP_STATUS_KERNEL for i in range(V2.frame_count))
+
+
+def test_walkers_refuse_wrong_geometry_or_short_buffers() -> None:
+    v3 = RingGeometry(version=3, block_size=PAGE, block_count=2, frame_size=2048)
+    with pytest.raises(ValueError, match="TPACKET_V2"):
+        V2Walker(bytearray(v3.size), v3)
+    with pytest.raises(ValueError, match="TPACKET_V3"):
+        V3Walker(bytearray(V2.size), V2)
+    with pytest.raises(ValueError, match="smaller"):
+        V2Walker(bytearray(V2.size - 1), V2)
+    with pytest.raises(ValueError, match="smaller"):
+        V3Walker(bytearray(v3.size - 1), v3)
+
+
+_U32S = st.integers(0, 0xFFFF_FFFF) | st.integers(0, 2048)
+_STATUS = st.sampled_from([TP_STATUS_KERNEL, TP_STATUS_USER]) | st.integers(0, 0xFFFF_FFFF)
+
+
+@given(
+    st.lists(
+        st.tuples(_STATUS, _U32S, _U32S, st.integers(0, 0xFFFF)),
+        min_size=V2.frame_count,
+        max_size=V2.frame_count,
+    ),
+    st.integers(1, 2 * V2.frame_count),
+)
+def test_v2_never_reads_outside_a_frame_on_garbage(
+    headers: list[tuple[int, int, int, int]], calls: int
+) -> None:
+    buf = bytearray(V2.size)
+    for i, (status, tp_len, snaplen, mac) in enumerate(headers):
+        base = V2.frame_offset(i)
+        struct.pack_into("=IIIH", buf, base, status, tp_len, snaplen, mac)
+    walker = V2Walker(buf, V2)
+    for _ in range(calls):
+        got = walker.next_frame()
+        if got is None:
+            continue
+        off, n, _ = got
+        # The frame just returned is the one before the walker's next index.
+        frame = V2.frame_offset((walker.index - 1) % V2.frame_count)
+        assert frame + TPACKET2_HDRLEN <= off
+        assert off + n <= frame + V2.frame_size
+
+
+# ------------------------------------------------------------------------------------------ V3
+V3 = RingGeometry(version=3, block_size=PAGE, block_count=3, frame_size=2048, retire_blk_tov=1)
+_BLOCK_HDR = 48  # sizeof(struct tpacket_block_desc): the first packet follows it
+
+
+def _v3_block(
+    buf: bytearray,
+    geometry: RingGeometry,
+    block: int,
+    payloads: list[bytes],
+    *,
+    status: int = TP_STATUS_USER,
+    pkt_status: int = TP_STATUS_USER,
+    mac: int = 82,
+) -> list[int]:
+    """Fill a block as prb_fill_curr_block()/prb_close_block() do; return the payload offsets."""
+    base = block * geometry.block_size
+    pos = _BLOCK_HDR
+    offsets = []
+    for i, payload in enumerate(payloads):
+        p = base + pos
+        total = (mac + len(payload) + 7) & ~7  # TOTAL_PKT_LEN_INCL_ALIGN: 8-byte aligned
+        last = i == len(payloads) - 1
+        _u32(buf, p, 0 if last else total)  # tp_next_offset, 0 on the last packet
+        _u32(buf, p + 12, len(payload))  # tp_snaplen
+        _u32(buf, p + 16, len(payload))  # tp_len
+        _u32(buf, p + 20, pkt_status)  # tp_status
+        _u16(buf, p + 24, mac)  # tp_mac
+        _u16(buf, p + 26, (mac + 14) & 0xFFFF)  # tp_net
+        _sll(buf, p + 48, 3 + i, ARPHRD_ETHER, PACKET_BROADCAST)
+        buf[p + mac : p + mac + len(payload)] = payload
+        offsets.append(p + mac)
+        pos += total
+    _u32(buf, base + 4, 0)  # offset_to_priv
+    _u32(buf, base + 12, len(payloads))  # num_pkts
+    _u32(buf, base + 16, _BLOCK_HDR)  # offset_to_first_pkt
+    _u32(buf, base + 20, pos)  # blk_len
+    _u32(buf, base + 8, status)  # block_status last
+    return offsets
+
+
+def _block_status(buf: bytearray, geometry: RingGeometry, block: int) -> int:
+    return int(struct.unpack_from("=I", buf, block * geometry.block_size + 8)[0])
+
+
+def _packet_at(buf: bytearray, offset: int) -> int:
+    """Offset of the tpacket3_hdr of the first packet of the block containing ``offset``."""
+    return offset // V3.block_size * V3.block_size + _BLOCK_HDR
+
+
+def test_v3_block_not_ready() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(memoryview(buf), V3)
+    _v3_block(buf, V3, 0, [b"a"], status=TP_STATUS_KERNEL)
+    assert walker.next_frame() is None
+    assert walker.block == 0
+
+
+def test_v3_walks_a_block_then_releases_it_after_its_last_packet() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    payloads = [b"first", b"second packet", b"3"]
+    offsets = _v3_block(buf, V3, 0, payloads, pkt_status=TP_STATUS_USER | CSUMNOTREADY)
+    for i, (payload, at) in enumerate(zip(payloads, offsets, strict=True)):
+        got = walker.next_frame()
+        assert got is not None
+        off, n, meta = got
+        assert (off, n) == (at, len(payload))
+        assert buf[off : off + n] == payload
+        assert meta.ifindex == 3 + i
+        assert meta.pkttype == PACKET_BROADCAST
+        assert meta.hatype == ARPHRD_ETHER
+        assert meta.status == TP_STATUS_USER | CSUMNOTREADY
+        assert not meta.truncated
+        # The block is held while any of its packets may still be in use.
+        assert _block_status(buf, V3, 0) == TP_STATUS_USER
+    assert walker.next_frame() is None
+    assert _block_status(buf, V3, 0) == TP_STATUS_KERNEL
+    assert walker.block == 1
+
+
+def test_v3_explicit_release_only_when_the_block_is_done() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    _v3_block(buf, V3, 0, [b"a", b"b"])
+    assert walker.next_frame() is not None
+    walker.release()  # one packet still to come: the block stays ours
+    assert _block_status(buf, V3, 0) == TP_STATUS_USER
+    assert walker.next_frame() is not None
+    walker.release()
+    assert _block_status(buf, V3, 0) == TP_STATUS_KERNEL
+    walker.release()  # idempotent
+    assert walker.block == 1
+
+
+def test_v3_wraps_around_blocks() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    seen = []
+    expected = []
+    for lap in range(3):
+        for block in range(V3.block_count):
+            batch = [b"%d/%d/%d" % (lap, block, k) for k in range(block + 1)]
+            _v3_block(buf, V3, block, batch)
+            expected += batch
+        while (got := walker.next_frame()) is not None:
+            seen.append(_read(buf, got))
+        assert walker.block == 0
+    assert seen == expected
+
+
+def test_v3_empty_block_is_released_and_skipped() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    _v3_block(buf, V3, 0, [])
+    _v3_block(buf, V3, 1, [b"after"])
+    assert _read(buf, walker.next_frame()) == b"after"
+    assert _block_status(buf, V3, 0) == TP_STATUS_KERNEL
+    assert walker.corrupt == {}
+
+
+def test_v3_truncated_packet() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    (at,) = _v3_block(buf, V3, 0, [b"x" * 64])
+    _u32(buf, _packet_at(buf, at) + 16, 9000)  # tp_len above tp_snaplen
+    got = walker.next_frame()
+    assert got is not None
+    assert got[2].truncated
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        (16, 8, "ring_block_bounds"),  # offset_to_first_pkt inside the block header
+        (16, PAGE, "ring_block_bounds"),  # first packet at the very end
+        (20, PAGE + 1, "ring_block_bounds"),  # blk_len past the block
+        (20, 40, "ring_block_bounds"),  # blk_len shorter than the header
+        (12, 0xFFFF_FFFF, "ring_block_num_pkts"),
+        (12, 1000, "ring_block_num_pkts"),
+    ],
+)
+def test_v3_corrupt_block_header_skips_the_block(field: int, value: int, reason: str) -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    _v3_block(buf, V3, 0, [b"a", b"b"])
+    _u32(buf, field, value)
+    _v3_block(buf, V3, 1, [b"next block"])
+    assert _read(buf, walker.next_frame()) == b"next block"
+    assert walker.corrupt == {reason: 1}
+    assert _block_status(buf, V3, 0) == TP_STATUS_KERNEL
+
+
+@pytest.mark.parametrize(
+    ("packet", "field", "value", "reason", "good"),
+    [
+        # tp_next_offset 0 before the last packet: following it would loop on the same packet.
+        (0, 0, 0, "ring_next_offset", 1),
+        # Pointing back into the packet itself.
+        (0, 0, 16, "ring_next_offset", 1),
+        # Far past the block: the next header cannot be read.
+        (0, 0, 0x7FFF_FFFF, "ring_packet_bounds", 1),
+        # Data past the block's used length.
+        (1, 12, PAGE, "ring_frame_bounds", 1),
+        (0, 24, 10, "ring_mac_offset", 0),
+        (0, 24, 0xFFFF, "ring_frame_bounds", 0),
+    ],
+)
+def test_v3_corrupt_packet_ends_its_block(
+    packet: int, field: int, value: int, reason: str, good: int
+) -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    offsets = _v3_block(buf, V3, 0, [b"p0", b"p1", b"p2"])
+    hdr = offsets[packet] - 82
+    _u32(buf, hdr + field, value) if field != 24 else _u16(buf, hdr + field, value)
+    _v3_block(buf, V3, 1, [b"next block"])
+    seen = []
+    while (got := walker.next_frame()) is not None:
+        seen.append(_read(buf, got))
+    assert seen == [*[b"p0", b"p1", b"p2"][:good], b"next block"]
+    assert walker.corrupt == {reason: 1}
+    assert _block_status(buf, V3, 0) == TP_STATUS_KERNEL
+
+
+def test_v3_all_blocks_corrupt_ends_after_one_lap() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    for block in range(V3.block_count):
+        _v3_block(buf, V3, block, [b"a"])
+        _u32(buf, block * PAGE + 12, 0xFFFF_FFFF)
+    assert walker.next_frame() is None
+    assert walker.corrupt == {"ring_block_num_pkts": V3.block_count}
+    assert all(_block_status(buf, V3, b) == TP_STATUS_KERNEL for b in range(V3.block_count))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _STATUS,
+            _U32S,  # num_pkts
+            _U32S,  # offset_to_first_pkt
+            _U32S,  # blk_len
+            st.lists(st.tuples(st.integers(0, PAGE - 68), st.binary(min_size=68, max_size=68))),
+        ),
+        min_size=V3.block_count,
+        max_size=V3.block_count,
+    ),
+    st.integers(1, 60),
+)
+def test_v3_never_reads_outside_a_block_on_garbage(
+    blocks: list[tuple[int, int, int, int, list[tuple[int, bytes]]]], calls: int
+) -> None:
+    buf = bytearray(V3.size)
+    for b, (status, num_pkts, first, blk_len, packets) in enumerate(blocks):
+        base = b * V3.block_size
+        for pos, raw in packets:
+            buf[base + pos : base + pos + 68] = raw
+        struct.pack_into("=IIII", buf, base + 8, status, num_pkts, first, blk_len)
+    walker = V3Walker(buf, V3)
+    for _ in range(calls):
+        got = walker.next_frame()
+        if got is None:
+            continue
+        off, n, _ = got
+        # The block stays current until the call after its last packet.
+        block = walker.block * V3.block_size
+        assert block + _BLOCK_HDR + TPACKET3_HDRLEN <= off
+        assert off + n <= block + V3.block_size
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 12, 16, 20]),  # next_offset, snaplen, tp_len, block fields
+            st.integers(0, 0xFFFF_FFFF),
+        ),
+        max_size=4,
+    )
+)
+def test_v3_mutated_real_blocks_stay_in_bounds(mutations: list[tuple[int, int]]) -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    offsets = _v3_block(buf, V3, 0, [b"a" * 40, b"b" * 300, b"c" * 7, b"d" * 1000])
+    for i, (field, value) in enumerate(mutations):
+        # Alternate between packet headers and the block header.
+        target = offsets[i % len(offsets)] - 82 if i % 2 else 0
+        _u32(buf, target + field, value)
+    for _ in range(10):
+        got = walker.next_frame()
+        if got is None:
+            break
+        off, n, _ = got
+        assert off >= _BLOCK_HDR + TPACKET3_HDRLEN
+        assert off + n <= V3.block_size
