@@ -19,7 +19,14 @@ from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
 from rawtransport.link import PacketReceiver, PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
 from rawtransport.ring_setup import RingReceiver
-from rawtransport.route import LinkInfo, LocalAddresses, Route, RouteCache, RouteKind
+from rawtransport.route import (
+    LOOPBACK_IFINDEX,
+    LinkInfo,
+    LocalAddresses,
+    Route,
+    RouteCache,
+    RouteKind,
+)
 
 __all__ = ["RX_MODES", "RawUdpEndpoint", "open_receiver", "parse_address"]
 
@@ -132,6 +139,7 @@ class RawUdpEndpoint:
         *,
         interface: int | None,
         qdisc_bypass: bool,
+        home_ifindex: int | None = None,
     ) -> None:
         self.guard = guard
         self.engine = engine
@@ -147,6 +155,10 @@ class RawUdpEndpoint:
         self._netlink_checked = -1.0
         self.family = guard.family
         self.closed = False
+        #: The interface the endpoint is tied to (``interface=``, or the one holding the bound
+        #: address). If it vanishes the endpoint cannot work again: ``lost`` says why.
+        self.home_ifindex = home_ifindex
+        self.lost: OSError | None = None
         self._refresh()
 
     # ---------------------------------------------------------------------------- construction
@@ -212,9 +224,21 @@ class RawUdpEndpoint:
             receiver = open_receiver(
                 program, rx_mode, ifindex=ifindex or 0, rcvbuf=rcvbuf, mtu=max(x.mtu for x in links)
             )
-            engine = UdpEngine(config, LocalAddresses(rtnl.addresses()))
+            addresses = rtnl.addresses()
+            home = ifindex
+            if home is None and config.local_ip is not None:
+                owners = [a.ifindex for a in addresses if a.address == config.local_ip]
+                home = owners[0] if owners and owners[0] != LOOPBACK_IFINDEX else None
+            engine = UdpEngine(config, LocalAddresses(addresses))
             return cls(
-                guard, engine, receiver, rtnl, monitor, interface=ifindex, qdisc_bypass=qdisc_bypass
+                guard,
+                engine,
+                receiver,
+                rtnl,
+                monitor,
+                interface=ifindex,
+                qdisc_bypass=qdisc_bypass,
+                home_ifindex=home,
             )
         except BaseException:
             rtnl.close()
@@ -227,6 +251,9 @@ class RawUdpEndpoint:
         self.engine.set_local_addresses(LocalAddresses(self._rtnl.addresses()))
         links = {link.ifindex: link for link in self._rtnl.links()}
         for gone in self._links.keys() - links.keys():
+            if gone == self.home_ifindex and self.lost is None:
+                # packet_notifier(NETDEV_UNREGISTER) gives a bound packet socket ENETDOWN.
+                self.lost = OSError(errno.ENETDOWN, f"Network is down: interface {gone} vanished")
             self.engine.forget_interface(gone)
             sender = self._senders.pop(gone, None)
             if sender is not None:
@@ -325,12 +352,13 @@ class RawUdpEndpoint:
 
     def write_frames(
         self, frames: Iterable[OutgoingFrame]
-    ) -> tuple[list[OutgoingFrame], list[OSError]]:
-        """Write frames in order; stop at the first ``BlockingIOError``.
+    ) -> tuple[list[OutgoingFrame], list[OSError], bool]:
+        """Write frames in order until one cannot leave now.
 
-        Returns the frames not written (to retry when writable) and the errors to report. ENOBUFS (a
-        full device queue) is counted and the frame dropped, as ``udp_send_skb()`` hides it from a
-        kernel UDP socket without IP_RECVERR.
+        Returns ``(unsent, errors, congested)``: the frames to retry, the errors to report (a frame
+        that got one is not retried, as a kernel socket's send would have failed), and whether the
+        stop was ENOBUFS — a full device queue, which ``poll`` does not signal: retry after a pause.
+        Otherwise the stop was EAGAIN: retry when the socket is writable.
         """
         errors: list[OSError] = []
         frames = list(frames)
@@ -338,13 +366,16 @@ class RawUdpEndpoint:
             try:
                 self._sender(out.ifindex).send(out.frame)
             except (BlockingIOError, InterruptedError):
-                return frames[i:], errors
+                return frames[i:], errors, False
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    self.engine.count_drop("tx_enobufs")
-                else:
-                    errors.append(exc)
-        return [], errors
+                    self.engine.count_event("tx_enobufs")
+                    return frames[i:], errors, True
+                if exc.errno in (errno.ENXIO, errno.ENODEV):
+                    # The device is gone (packet_snd() on an unregistered ifindex).
+                    self._refresh()
+                errors.append(exc)
+        return [], errors, False
 
     # ----------------------------------------------------------------------------------- misc
     def stats(self) -> dict[str, object]:

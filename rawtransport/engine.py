@@ -31,6 +31,7 @@ from rawtransport.packet import (
     NeighborAdvertisement,
     build_arp_request,
     build_ipv4_fragments,
+    build_ipv6_fragments,
     build_neighbor_solicitation,
     build_udp,
     multicast_mac,
@@ -144,6 +145,7 @@ class _Counters:
     delivered: int = 0
     sent: int = 0
     sent_by_kernel: int = 0
+    events: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
 
     def drop(self, reason: str, n: int = 1) -> None:
@@ -181,6 +183,7 @@ class UdpEngine:
         self._out: deque[OutgoingFrame] = deque()
         self._counters = _Counters()
         self._ident = 0
+        self._ident6 = 0
         self._addr_cache: dict[tuple[bytes, int, int], tuple[str, int] | tuple[str, int, int, int]]
         self._addr_cache = {}
         # Interfaces' own (mac, addresses) are needed to answer "is this ARP reply for us": the
@@ -453,7 +456,20 @@ class UdpEngine:
                 )
             return [build_udp(dst_mac, src_mac, src, dst, sport, dport, data, ttl=ttl, ident=0)]
         if len(data) + 48 > route.mtu:
-            raise OSError(errno.EMSGSIZE, "Message too long")
+            # ip6_fragment(): a UDP socket fragments at the source (IPV6_PMTUDISC_WANT).
+            self._ident6 = (self._ident6 + 1) & 0xFFFFFFFF
+            return build_ipv6_fragments(
+                dst_mac,
+                src_mac,
+                src,
+                dst,
+                sport,
+                dport,
+                data,
+                mtu=route.mtu,
+                ident=self._ident6,
+                hop_limit=ttl,
+            )
         return [build_udp(dst_mac, src_mac, src, dst, sport, dport, data, hop_limit=ttl)]
 
     def _release(self, pending: _Pending, mac: bytes) -> None:
@@ -546,8 +562,13 @@ class UdpEngine:
             "sent_by_kernel": c.sent_by_kernel,
             "dropped": dict(c.dropped),
             "dropped_total": sum(c.dropped.values()),
+            **c.events,
             "neighbour": dict(self._neigh.stats),
         }
+
+    def count_event(self, name: str) -> None:
+        """Count something that is not a drop (e.g. ``tx_enobufs``: a full device queue, retried)."""
+        self._counters.events[name] = self._counters.events.get(name, 0) + 1
 
     def count_sent_by_kernel(self) -> None:
         """Record a datagram the boundary handed to the kernel's UDP path instead (see endpoint)."""

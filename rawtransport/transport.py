@@ -70,6 +70,8 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         # leave or fail, as a kernel socket's datagrams sit in the neighbour's queue after close().
         self._lingering = False
         self._aborted = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._backoff = 0.0
         guard = endpoint.guard
         try:
             peername = guard.getpeername()
@@ -215,20 +217,56 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         """Write what the engine produced (datagrams, released pending frames, ARP/ND requests)."""
         if self._ep.engine.has_output:
             frames = self._ep.engine.frames_to_send()
-            if self._buffer:
-                self._buffer.extend(frames)
-                self._buffer_size += sum(f.size for f in frames)
-                self._maybe_pause_protocol()
+            self._buffer.extend(frames)
+            self._buffer_size += sum(f.size for f in frames)
+            if self._writer_fd is None and self._retry is None:
+                self._write_buffer()
             else:
-                remaining, errors = self._ep.write_frames(frames)
-                for exc in errors:
-                    self._error_received(exc)
-                if remaining:
-                    self._buffer.extend(remaining)
-                    self._buffer_size += sum(f.size for f in remaining)
-                    self._add_writer(remaining[0].ifindex)
-                    self._maybe_pause_protocol()
+                self._maybe_pause_protocol()
         self._arm_timer()
+        if self._ep.lost is not None and not self._conn_lost:
+            self._fatal_error(self._ep.lost, "interface of the endpoint vanished")
+
+    def _write_buffer(self) -> None:
+        """Write the buffer until it is empty, the socket is full, or the device queue is."""
+        frames = list(self._buffer)
+        self._buffer.clear()
+        try:
+            remaining, errors, congested = self._ep.write_frames(frames)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._buffer_size = 0
+            self._fatal_error(exc, "Fatal write error on datagram transport")
+            return
+        # Subtract exactly what was added for the frames that left (gh-135444: symmetric accounting).
+        self._buffer.extend(remaining)
+        self._buffer_size = sum(f.size for f in remaining)
+        for err in errors:
+            self._error_received(err)
+        if remaining:
+            if congested:
+                # ENOBUFS: the device queue (qdisc) is full and the socket stays writable, so
+                # add_writer would spin. Keep the frames, back off, and retry (kernel UDP would have
+                # dropped them silently; we keep them and apply flow control instead).
+                self._remove_writer()
+                self._backoff = min(max(self._backoff * 2, 0.0005), 0.05)
+                self._retry = self._loop.call_later(self._backoff, self._retry_write)
+            else:
+                self._add_writer(remaining[0].ifindex)
+            self._maybe_pause_protocol()
+            return
+        self._backoff = 0.0
+        self._remove_writer()
+        self._maybe_resume_protocol()
+        if self._closing and not self._conn_lost:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def _retry_write(self) -> None:
+        self._retry = None
+        if not self._conn_lost or self._lingering:
+            self._write_buffer()
 
     def _add_writer(self, ifindex: int) -> None:
         fd = self._ep.sender_fileno(ifindex)
@@ -243,28 +281,8 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             self._writer_fd = None
 
     def _write_ready(self) -> None:
-        frames = list(self._buffer)
-        self._buffer.clear()
-        self._buffer_size = 0
-        try:
-            remaining, errors = self._ep.write_frames(frames)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal write error on datagram transport")
-            return
-        for err in errors:
-            self._error_received(err)
-        if remaining:
-            self._buffer.extend(remaining)
-            self._buffer_size = sum(f.size for f in remaining)
-            self._add_writer(remaining[0].ifindex)
-        self._maybe_resume_protocol()
-        if not self._buffer:
-            self._remove_writer()
-            if self._closing and not self._conn_lost:
-                self._conn_lost += 1
-                self._loop.call_soon(self._call_connection_lost, None)
+        self._remove_writer()
+        self._write_buffer()
 
     # -------------------------------------------------------------------------------- reading
     def _start_reading(self) -> None:
@@ -308,6 +326,8 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             self._ep.netlink_ready(self._loop.time())
         except OSError as exc:
             logger.debug("rtnetlink refresh failed: %r", exc)
+        if self._ep.lost is not None and not self._conn_lost:
+            self._fatal_error(self._ep.lost, "interface of the endpoint vanished")
 
     def _dispatch(self, events: list[Event]) -> None:
         protocol = self._protocol
@@ -398,6 +418,9 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             self._buffer.clear()
             self._buffer_size = 0
             self._remove_writer()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if not self._closing:
             self._closing = True
             self._stop_reading()
@@ -430,7 +453,7 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         events = self._ep.engine.events()
         self._ep.engine.count_drop("closed", sum(isinstance(e, DatagramReceived) for e in events))
         if self._ep.engine.has_output:
-            remaining, _errors = self._ep.write_frames(self._ep.engine.frames_to_send())
+            remaining, _errors, _congested = self._ep.write_frames(self._ep.engine.frames_to_send())
             self._ep.engine.count_drop("linger_unsent", sum(1 for f in remaining if f.size))
         if self._ep.engine.pending_resolution:
             self._arm_timer()
@@ -444,6 +467,9 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         self._remove_writer()
         self._ep.close()
 
