@@ -91,8 +91,8 @@ def open_receiver(
 ) -> Receiver:
     """The receiving packet socket for ``rx_mode`` (see ``create_raw_datagram_endpoint``).
 
-    Ring slots are sized from the largest MTU the socket listens on, so no frame a link can carry
-    arrives truncated (loopback's 64 KiB MTU makes the slots large: that is the price of lo).
+    Ring slots are sized for ``mtu``; a larger frame (loopback's, or after an MTU increase) is still
+    delivered whole through the TPACKET_V2 copy path (``PACKET_COPY_THRESH``).
     """
     if rx_mode == "recv":
         return PacketReceiver(program, ifindex=ifindex, rcvbuf=rcvbuf)
@@ -221,8 +221,10 @@ class RawUdpEndpoint:
                 neighbour_replies=config.local_ip is None,
             )
             links = [rtnl.link(ifindex)] if ifindex is not None else rtnl.links()
+            # Size ring slots for the wire; loopback's 64 KiB frames take the ring's copy path.
+            wire = [x.mtu for x in links if not x.is_loopback] or [1500]
             receiver = open_receiver(
-                program, rx_mode, ifindex=ifindex or 0, rcvbuf=rcvbuf, mtu=max(x.mtu for x in links)
+                program, rx_mode, ifindex=ifindex or 0, rcvbuf=rcvbuf, mtu=min(max(wire), 9216)
             )
             addresses = rtnl.addresses()
             home = ifindex

@@ -21,6 +21,7 @@ __all__ = [
     "ETH_P_ALL",
     "PacketReceiver",
     "PacketSender",
+    "SocketReader",
     "attach_filter",
     "bind_ll",
     "open_packet_socket",
@@ -87,6 +88,44 @@ def bind_ll(sock: socket.socket, ifindex: int, protocol: int) -> None:
         raise OSError(err, errno.errorcode.get(err, "bind") + ": binding the packet socket")
 
 
+class SocketReader:
+    """Reads frames with their ``PACKET_AUXDATA`` from a packet socket's receive queue.
+
+    One preallocated buffer: the payload is copied out once, by the parser, not per read.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray(65536 + 64)
+        self._view = memoryview(self._buf)
+        self._names: dict[str, int] = {}
+
+    def _ifindex(self, name: str) -> int:
+        idx = self._names.get(name)
+        if idx is None:
+            try:
+                idx = socket.if_nametoindex(name)
+            except OSError:
+                idx = 0
+            if len(self._names) > 256:
+                self._names.clear()
+            self._names[name] = idx
+        return idx
+
+    def recv(self) -> tuple[memoryview, FrameMeta]:
+        """Read one frame (``BlockingIOError`` when none is queued); the view is valid until the next."""
+        n, anc, flags, addr = self.sock.recvmsg_into([self._buf], _AUX_SPACE, socket.MSG_TRUNC)
+        status = 0
+        truncated = n > len(self._buf) or bool(flags & socket.MSG_TRUNC)
+        for level, kind, data in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+                status, tp_len, snaplen, _mac, _net, _tci, _tpid = _AUXDATA.unpack_from(data)
+                truncated = truncated or snaplen < tp_len
+        ifname, _proto, pkttype, hatype = addr[0], addr[1], addr[2], addr[3]
+        meta = FrameMeta(self._ifindex(ifname), pkttype, status, hatype, truncated)
+        return self._view[: min(n, len(self._buf))], meta
+
+
 class PacketReceiver:
     """The receiving packet socket of an endpoint: filtered, bound to ETH_P_ALL on one or all links."""
 
@@ -106,9 +145,7 @@ class PacketReceiver:
         except BaseException:
             sock.close()
             raise
-        self._buf = bytearray(65536 + 64)
-        self._view = memoryview(self._buf)
-        self._names: dict[str, int] = {}
+        self._reader = SocketReader(sock)
         self.kernel_drops = 0
         self.kernel_packets = 0
 
@@ -120,33 +157,12 @@ class PacketReceiver:
         """Swap the filter without letting unfiltered frames in (SO_ATTACH_FILTER is atomic)."""
         attach_filter(self.sock, program)
 
-    def _ifindex(self, name: str) -> int:
-        idx = self._names.get(name)
-        if idx is None:
-            try:
-                idx = socket.if_nametoindex(name)
-            except OSError:
-                idx = 0
-            if len(self._names) > 256:
-                self._names.clear()
-            self._names[name] = idx
-        return idx
-
     def recv(self) -> tuple[memoryview, FrameMeta]:
         """Read one frame (``BlockingIOError`` when none is queued).
 
         The returned view points into a buffer reused by the next call: parse it before reading again.
         """
-        n, anc, flags, addr = self.sock.recvmsg_into([self._buf], _AUX_SPACE, socket.MSG_TRUNC)
-        status = 0
-        truncated = n > len(self._buf) or bool(flags & socket.MSG_TRUNC)
-        for level, kind, data in anc:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
-                status, tp_len, snaplen, _mac, _net, _tci, _tpid = _AUXDATA.unpack_from(data)
-                truncated = truncated or snaplen < tp_len
-        ifname, _proto, pkttype, hatype = addr[0], addr[1], addr[2], addr[3]
-        meta = FrameMeta(self._ifindex(ifname), pkttype, status, hatype, truncated)
-        return self._view[: min(n, len(self._buf))], meta
+        return self._reader.recv()
 
     def statistics(self) -> tuple[int, int]:
         """Accumulated (packets, drops) from ``PACKET_STATISTICS``, which the kernel clears on read."""

@@ -38,15 +38,17 @@ from rawtransport.link import (
     PACKET_IGNORE_OUTGOING,
     PACKET_STATISTICS,
     SOL_PACKET,
-    bind_ll,
+    SocketReader,
     attach_filter,
+    bind_ll,
     open_packet_socket,
 )
-from rawtransport.ring import RingGeometry, V2Walker, V3Walker
+from rawtransport.ring import TP_STATUS_COPY, RingGeometry, V2Walker, V3Walker
 
 __all__ = ["RingReceiver", "default_geometry"]
 
 PACKET_RX_RING: Final = 5
+PACKET_COPY_THRESH: Final = 7
 PACKET_VERSION: Final = 10
 # struct tpacket_stats { u32 tp_packets, tp_drops; };
 # struct tpacket_stats_v3 { u32 tp_packets, tp_drops, tp_freeze_q_cnt; }
@@ -128,6 +130,11 @@ class RingReceiver:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             # PACKET_VERSION must precede PACKET_RX_RING: the layout is fixed when the ring is made.
             sock.setsockopt(SOL_PACKET, PACKET_VERSION, geometry.kernel_version)
+            if version == 2:
+                # A frame too big for its slot is then also queued whole on the socket
+                # (tpacket_rcv(): TP_STATUS_COPY), so nothing a link can carry is lost to the slot
+                # size: slots can be sized for the wire's MTU, not for loopback's 64 KiB.
+                sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, geometry.request())
             ring = mmap.mmap(
                 sock.fileno(),
@@ -150,6 +157,7 @@ class RingReceiver:
             sock.close()
             raise
         self._last: memoryview | None = None
+        self._copies = SocketReader(sock)
         self._closed = False
         self.kernel_drops = 0
         self.kernel_packets = 0
@@ -185,6 +193,13 @@ class RingReceiver:
         if got is None:
             raise BlockingIOError(errno.EAGAIN, "no frame ready in the ring")
         offset, length, meta = got
+        if meta.status & TP_STATUS_COPY:
+            # The slot holds a truncated copy; the whole frame waits in the socket's queue, in order.
+            self._walker.release()
+            try:
+                return self._copies.recv()
+            except BlockingIOError:
+                return self._view[offset:offset], meta  # the copy was not made: truncated, dropped
         view = self._view[offset : offset + length]
         self._last = view
         return view, meta

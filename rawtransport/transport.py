@@ -250,7 +250,9 @@ class RawDatagramTransport(asyncio.DatagramTransport):
                 # add_writer would spin. Keep the frames, back off, and retry (kernel UDP would have
                 # dropped them silently; we keep them and apply flow control instead).
                 self._remove_writer()
-                self._backoff = min(max(self._backoff * 2, 0.0005), 0.05)
+                # Back off exponentially while nothing leaves; start over once the queue moves.
+                progress = len(remaining) < len(frames)
+                self._backoff = 0.0005 if progress else min(max(self._backoff * 2, 0.0005), 0.05)
                 self._retry = self._loop.call_later(self._backoff, self._retry_write)
             else:
                 self._add_writer(remaining[0].ifindex)

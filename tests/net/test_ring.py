@@ -165,21 +165,33 @@ def test_full_ring_drops_and_statistics_accumulate(veth: VethPair, version: int)
         assert _payloads(veth, _drain(rx, 1)) == [b"after"]
 
 
-@pytest.mark.parametrize("version", [2, 3])
-def test_oversized_frame_is_marked_truncated(veth: VethPair, version: int) -> None:
-    # A 256-byte V2 slot holds 256 - 66 bytes of frame; a V3 block of a page holds ~4 KB.
-    size = 1000 if version == 2 else 3000
-    kw = {"block_size": 4096, "block_count": 2, "frame_size": 256}
-    with _ring(veth, version=version, **kw) as rx, _sender(veth) as tx:
-        if version == 3:
-            # Make the veth take a frame bigger than the block.
-            veth.run_a("ip", "link", "set", veth.if_a, "mtu", "9000")
-            veth.run_b("ip", "link", "set", veth.if_b, "mtu", "9000")
-            size = 5000
-        tx.send(b"y" * size)
+def test_frame_larger_than_a_v2_slot_arrives_whole_through_the_copy_path(veth: VethPair) -> None:
+    # A 256-byte V2 slot holds 256 - 66 bytes of frame; PACKET_COPY_THRESH queues the whole frame
+    # on the socket too (TP_STATUS_COPY), and recv() returns that instead of the clipped slot.
+    with (
+        _ring(veth, version=2, block_size=4096, block_count=2, frame_size=256) as rx,
+        _sender(veth) as tx,
+    ):
+        tx.send(b"y" * 1000)
+        tx.send(b"small")
+        ((frame, meta), (small, _)) = _drain(rx, 2)
+        assert not meta.truncated
+        assert frame.endswith(b"y" * 1000)
+        assert small.endswith(b"small")
+
+
+def test_frame_larger_than_a_v3_block_is_marked_truncated(veth: VethPair) -> None:
+    with (
+        _ring(veth, version=3, block_size=4096, block_count=2, frame_size=256) as rx,
+        _sender(veth) as tx,
+    ):
+        # Make the veth take a frame bigger than the block.
+        veth.run_a("ip", "link", "set", veth.if_a, "mtu", "9000")
+        veth.run_b("ip", "link", "set", veth.if_b, "mtu", "9000")
+        tx.send(b"y" * 5000)
         ((frame, meta),) = _drain(rx, 1)
         assert meta.truncated
-        assert len(frame) < size
+        assert len(frame) < 5000
 
 
 @pytest.mark.parametrize("version", [2, 3])
