@@ -14,7 +14,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from rawtransport.bpf import Program, endpoint_filter
+from rawtransport.bpf import Program
+from rawtransport.bpf_filter import endpoint_filter
 from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
 from rawtransport.link import PacketReceiver, PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
@@ -181,7 +182,7 @@ class RawUdpEndpoint:
         connected when the endpoint is, receives the kernel's ICMP errors. A drop-all filter keeps
         every datagram off it.
         """
-        from rawtransport.bpf import drop_all
+        from rawtransport.bpf_filter import drop_all
         from rawtransport.link import attach_filter
 
         family = guard.family

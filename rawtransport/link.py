@@ -14,7 +14,8 @@ import socket
 import struct
 from typing import Final
 
-from rawtransport.bpf import Program, drop_all
+from rawtransport.bpf import Program
+from rawtransport.bpf_filter import drop_all
 from rawtransport.engine import FrameMeta
 
 __all__ = [

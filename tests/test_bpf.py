@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rawtransport import bpf
+from rawtransport import bpf, bpf_filter
 from rawtransport.bpf import (
     BPF_ADD,
     BPF_LSH,
@@ -27,8 +27,6 @@ from rawtransport.bpf import (
     alu,
     and_,
     assemble,
-    drop_all,
-    endpoint_filter,
     ja,
     jeq,
     jge,
@@ -52,6 +50,7 @@ from rawtransport.bpf import (
     tax,
     txa,
 )
+from rawtransport.bpf_filter import drop_all, endpoint_filter
 
 # ------------------------------------------------------------------------------ frame builders
 MAC_A = bytes.fromhex("02727400000a")
@@ -249,9 +248,9 @@ def test_module_docstring_shows_the_generated_program() -> None:
     program = endpoint_filter(
         family=4, local_ip=bytes([198, 18, 0, 1]), local_port=5353, accept_vlan=False
     )
-    assert bpf.__doc__ is not None
+    assert bpf_filter.__doc__ is not None
     listing = "\n".join("    " + line for line in program.text.splitlines())
-    assert listing in bpf.__doc__
+    assert listing in bpf_filter.__doc__
 
 
 # ---------------------------------------------------------------------------------- assembly

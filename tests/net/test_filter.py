@@ -26,14 +26,13 @@ import pytest
 from rawtransport.bpf import (
     Program,
     assemble,
-    drop_all,
-    endpoint_filter,
     jeq,
     label,
     ldb,
     ldh,
     ret,
 )
+from rawtransport.bpf_filter import drop_all, endpoint_filter
 from tests.netns import VethPair, setns
 from tests.test_bpf import arp, eth, icmpv6, ip, ipv4, ipv6, neighbour_advert, udp
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rawtransport.bpf import endpoint_filter
+from rawtransport.bpf_filter import endpoint_filter
 from rawtransport.engine import ARPHRD_ETHER, PACKET_HOST, TP_STATUS_CSUMNOTREADY, FrameMeta
 from rawtransport.packet import parse_udp
 from rawtransport.ring_setup import RingReceiver
