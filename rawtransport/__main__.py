@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from rawtransport.bench import codec
+        from rawtransport.bench.codec import main as codec_main
 
-        return codec.main(args.rest)
+        return codec_main(args.rest)
     if args.command == "echo":
         from rawtransport.echo import serve
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def snmp_counter(veth: VethPair, table: str, name: str) -> int:
                 return int(value)
         raise KeyError(name)
     lines = [ln.split() for ln in veth.run_b("cat", "/proc/net/snmp").stdout.splitlines()]
-    for header, values in zip(lines, lines[1:], strict=False):
+    for header, values in itertools.pairwise(lines):
         if header[0] == f"{table}:" and values[0] == f"{table}:":
             return int(values[header.index(name)])
     raise KeyError(name)
@@ -82,7 +83,8 @@ def test_echo_answers_a_kernel_peer_after_a_cold_cache(
     if family == 4:
         wanted = f"who-has {veth.ip4_b} tell {veth.ip4_a}"
     else:
-        wanted = f"{veth.mac_a} > 33:33:ff"  # our neighbour solicitation, to the solicited-node group
+        # Our neighbour solicitation, to the solicited-node group.
+        wanted = f"{veth.mac_a} > 33:33:ff"
 
     def asked(lines: list[str]) -> bool:
         return any(wanted in ln for ln in lines)
