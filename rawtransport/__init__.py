@@ -7,16 +7,28 @@ ARP/ND, receive checks) driven by thin event-loop glue. Importing the package ad
 
 from __future__ import annotations
 
+from rawtransport.anyio_socket import (
+    RawConnectedUDPSocket,
+    RawSocketAttribute,
+    RawUDPSocket,
+    create_raw_connected_udp_socket,
+    create_raw_udp_socket,
+)
 from rawtransport.errors import MalformedPacketError, RawTransportError
 from rawtransport.loop import create_raw_datagram_endpoint, install
 from rawtransport.transport import RawDatagramTransport
 
 __all__ = [
     "MalformedPacketError",
+    "RawConnectedUDPSocket",
     "RawDatagramTransport",
+    "RawSocketAttribute",
     "RawTransportError",
+    "RawUDPSocket",
     "__version__",
+    "create_raw_connected_udp_socket",
     "create_raw_datagram_endpoint",
+    "create_raw_udp_socket",
     "install",
 ]
 

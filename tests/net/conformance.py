@@ -332,6 +332,37 @@ async def kernel_errors(impl: str, family: int, veth: VethPair) -> Any:
     return out
 
 
+async def flow_control(impl: str, family: int, veth: VethPair) -> Any:
+    """Write-buffer limits behave alike; after a burst the buffer is empty and pauses are paired."""
+    t, p = await open_endpoint(impl, Recorder, local_addr=(a_ip(veth, family), 0))
+    assert isinstance(t, asyncio.WriteTransport | asyncio.DatagramTransport)
+    peer = Peer.create(veth, family)
+    wt = cast(Any, t)
+    out: list[Any] = []
+    wt.set_write_buffer_limits(high=10, low=5)
+    out.append(wt.get_write_buffer_limits())
+    wt.set_write_buffer_limits(low=100)
+    out.append(wt.get_write_buffer_limits())
+    try:
+        wt.set_write_buffer_limits(high=1, low=5)
+    except ValueError as exc:
+        out.append(str(exc))
+    wt.set_write_buffer_limits()
+    out.append(wt.get_write_buffer_limits())
+    wt.set_write_buffer_limits(high=0)
+    for i in range(300):
+        t.sendto(b"%d" % i * 100, (b_ip(veth, family), peer.port))
+    async with asyncio.timeout(TIMEOUT):
+        while wt.get_write_buffer_size():
+            await asyncio.sleep(0.001)
+    kinds = [c[0] for c in p.calls]
+    out.append(kinds.count("pause") == kinds.count("resume"))
+    out.append(wt.get_write_buffer_size())
+    peer.close()
+    out.append(await _close(t, p))
+    return out
+
+
 SCENARIOS: dict[str, Scenario] = {
     "echo": echo,
     "many_peers": many_peers,
@@ -343,4 +374,5 @@ SCENARIOS: dict[str, Scenario] = {
     "abort": abort,
     "icmp_refused": icmp_refused,
     "kernel_errors": kernel_errors,
+    "flow_control": flow_control,
 }

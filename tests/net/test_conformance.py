@@ -89,6 +89,16 @@ def expected(name: str, family: int) -> Any:
             ("OSError", errno.EINVAL),
             None,
         ]
+    if name == "flow_control":
+        return [
+            (5, 10),
+            (100, 400),
+            "high (1) must be >= low (5) must be >= 0",
+            (16384, 65536),
+            True,
+            0,
+            None,
+        ]
     raise AssertionError(name)
 
 

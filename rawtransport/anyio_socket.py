@@ -1,0 +1,645 @@
+"""anyio's UDP socket API on the raw path: runs unchanged on asyncio, asyncio+uvloop and trio.
+
+:func:`create_raw_udp_socket` and :func:`create_raw_connected_udp_socket` take the arguments of
+``anyio.create_udp_socket()`` / ``anyio.create_connected_udp_socket()`` (plus a few keyword-only knobs
+of the raw path) and return :class:`RawUDPSocket` / :class:`RawConnectedUDPSocket`, which implement
+``anyio.abc.UDPSocket`` / ``anyio.abc.ConnectedUDPSocket``. The protocol logic is the asyncio endpoint's
+(:class:`~rawtransport.endpoint.RawUdpEndpoint` and its engine); this module only waits.
+
+Waiting uses nothing but ``anyio.wait_readable``/``wait_writable`` and cancel scopes, so there is no
+backend-specific code. trio lets only one task wait on a descriptor at a time, yet frames must be read
+even when the user only sends (an ARP/ND reply releases a datagram waiting for its next hop). So every
+wait happens in one place, the *pump*: whichever task needs progress (``receive()`` with an empty queue,
+``send()`` whose datagram waits for its neighbour or for a writable socket) runs one pump round if no
+other task is running one, else waits for the end of that round. A round reads what is there without
+blocking; if nothing came it waits until the packet socket is readable (or the guard socket, where
+ICMP errors land, for a connected socket; or the sending socket writable while frames are held back),
+at the latest until the engine's next timer (ARP/ND retransmit or failure).
+
+Semantics (where anyio's own backends differ, the kernel socket is the reference):
+
+- **Receive queue**: datagrams read by the pump wait in a queue of ``receive_queue`` datagrams (default
+  1024). When it is full the newest datagram is dropped, as a full kernel socket buffer drops, and
+  counted as ``dropped["receive_queue_full"]`` in the stats (anyio's asyncio backend silently keeps the
+  last 100). A cancelled ``receive()`` loses nothing.
+- **send()** returns once the datagram's frames are handed to the kernel. To a neighbour not yet in the
+  cache it first waits for the ARP/ND reply (one round trip; if the neighbour never answers, about
+  ``max_attempts × retransmit_interval`` = 3 s, after which the datagram is dropped and counted as
+  ``neighbour_failed``). A ``send()`` cancelled during that wait leaves its datagram queued for the
+  neighbour, as a kernel socket's datagram is queued in the neighbour entry once ``sendto()`` returned:
+  it leaves when a later pump round reads the reply, or is counted as ``closed_unsent`` at ``aclose()``.
+- **Errors** of a connected socket (ICMP port unreachable -> ``ConnectionRefusedError``, an unresolvable
+  peer -> ``EHOSTUNREACH``) and read errors of the packet socket are held like the kernel's ``sk_err``:
+  the next ``receive()`` or ``send()`` raises the ``OSError`` itself, once (anyio's trio backend raises
+  ``BrokenResourceError`` from it; its asyncio backend stores it and never raises it).
+- **Closing**: ``aclose()`` wakes any task blocked in ``receive()``/``send()``, which then raise
+  ``ClosedResourceError``, as does every later call (queued datagrams are discarded and counted as
+  ``closed``). Two tasks in ``receive()`` (or in ``send()``) at once: ``BusyResourceError``.
+- **A vanished interface** (the one given as ``interface=`` or holding the bound address) breaks the
+  socket for good: the next ``receive()``/``send()`` raises ``BrokenResourceError`` from the
+  ``ENETDOWN``. Routing and address changes are read from rtnetlink at each pump round and each send,
+  not waited for: a ``receive()`` blocked on a wildcard socket notices them with the next frame,
+  as a kernel socket bound to a vanished address would simply go on waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from socket import AddressFamily
+from typing import Any, Literal, TypeVar, final
+
+import anyio
+from anyio import (
+    BrokenResourceError,
+    CancelScope,
+    ClosedResourceError,
+    TypedAttributeSet,
+    typed_attribute,
+)
+from anyio.abc import ConnectedUDPSocket, IPAddressType, IPSockAddrType, UDPSocket
+from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
+
+from rawtransport.endpoint import RawUdpEndpoint
+from rawtransport.engine import DatagramReceived, Event, OutgoingFrame
+
+__all__ = [
+    "RawConnectedUDPSocket",
+    "RawSocketAttribute",
+    "RawUDPSocket",
+    "create_raw_connected_udp_socket",
+    "create_raw_udp_socket",
+]
+
+AnyIPAddressFamily = Literal[AddressFamily.AF_UNSPEC, AddressFamily.AF_INET, AddressFamily.AF_INET6]
+
+#: Default bound of the receive queue, in datagrams.
+DEFAULT_RECEIVE_QUEUE = 1024
+# Frames read per pump round before other tasks get a turn.
+_READ_BUDGET = 64
+# The route cache is rechecked on every send after 1 ms; a pump round drains the netlink monitor as
+# often so that receive checks (is this destination ours?) see address changes too.
+_NETLINK_INTERVAL = 0.001
+# A sending socket may be closed under a waiter when its interface vanishes (the endpoint refreshes
+# on netlink news), which notify_closing() cannot cover: bound writable waits so none hangs.
+_WRITABLE_WAIT_MAX = 0.05
+
+
+class RawSocketAttribute(TypedAttributeSet):
+    """Typed attributes the raw path adds to anyio's ``SocketAttribute`` (read with ``sock.extra()``).
+
+    ``stats``: a fresh dict of counters (frames received, datagrams delivered and sent, drops by
+    reason, neighbour resolver and kernel ``PACKET_STATISTICS`` counters, the receive queue's length
+    and bound); after ``aclose()`` the last snapshot. ``packet_socket``: the receiving ``AF_PACKET``
+    socket (read it only for its options; reading from it steals the endpoint's frames).
+    """
+
+    stats: Mapping[str, object] = typed_attribute()
+    packet_socket: socket.socket = typed_attribute()
+
+
+def _convert_addr(addr: tuple[Any, ...]) -> IPSockAddrType:
+    # anyio's convert_ipv6_sockaddr(): a 4-tuple becomes (host[%scope], port).
+    if len(addr) == 4:
+        host, port, _flow, scope = addr
+        return (f"{host}%{scope}" if scope else host), port
+    return addr[0], addr[1]
+
+
+class _Pump:
+    """The endpoint, its receive queue and the single place where tasks wait (see the module)."""
+
+    def __init__(self, endpoint: RawUdpEndpoint, *, receive_queue: int, connected: bool) -> None:
+        self.ep = endpoint
+        self.engine = endpoint.engine
+        self.connected = connected
+        self.queue: deque[tuple[bytes, IPSockAddrType]] = deque()
+        self.queue_limit = receive_queue
+        self.out: deque[OutgoingFrame] = deque()
+        # ENOBUFS (a full device queue) is not signalled by poll(): retry after a growing pause.
+        self.backoff = 0.0
+        self.retry_at: float | None = None
+        self.error: OSError | None = None
+        self.closed = False
+        self.pumping = False
+        self.scope: CancelScope | None = None
+        self.progress: anyio.Event | None = None
+        self.netlink_at = -math.inf
+        self.last_stats: dict[str, object] | None = None
+
+    # ------------------------------------------------------------------------------ state checks
+    def check_usable(self) -> None:
+        """Raise ``ClosedResourceError`` after ``aclose()``, ``BrokenResourceError`` once the
+        endpoint's interface is gone, else the held error (once)."""
+        self.check_open()
+        if self.error is not None:
+            exc, self.error = self.error, None
+            raise exc
+
+    def check_open(self) -> None:
+        """Raise ``ClosedResourceError`` or ``BrokenResourceError``, leaving a held error alone."""
+        if self.closed:
+            raise ClosedResourceError
+        if self.ep.lost is not None:
+            raise BrokenResourceError from self.ep.lost
+
+    def set_error(self, exc: OSError) -> None:
+        # One pending error, the newest winning, as sk_err is overwritten by each ICMP error.
+        self.error = exc
+
+    # ----------------------------------------------------------------------------- moving bytes
+    def deliver(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, DatagramReceived):
+                if len(self.queue) >= self.queue_limit:
+                    # A full kernel socket buffer drops the arriving datagram (sock_queue_rcv_skb()).
+                    self.engine.count_drop("receive_queue_full")
+                else:
+                    self.queue.append((event.data, _convert_addr(event.addr)))
+            elif self.connected:
+                self.set_error(event.exc)
+
+    def flush(self) -> list[OSError]:
+        """Write what the engine produced, in order; keep what the kernel would not take yet."""
+        if self.engine.has_output:
+            self.out.extend(self.engine.frames_to_send())
+        if not self.out:
+            return []
+        remaining, errors, congested = self.ep.write_frames(self.out)
+        self.out = deque(remaining)
+        if remaining and congested:
+            self.backoff = min(max(self.backoff * 2, 0.0005), 0.05)
+            self.retry_at = time.monotonic() + self.backoff
+        else:
+            self.backoff = 0.0
+            self.retry_at = None
+        return errors
+
+    def drain(self) -> bool:
+        """One non-blocking pass over every source of work; True if it did anything."""
+        now = time.monotonic()
+        ep, engine = self.ep, self.engine
+        pending = engine.pending_resolution
+        did = False
+        if now - self.netlink_at >= _NETLINK_INTERVAL:
+            self.netlink_at = now
+            try:
+                ep.netlink_ready(now)
+            except OSError:
+                engine.count_drop("netlink_error")
+        try:
+            events = ep.read_ready(now, _READ_BUDGET)
+        except OSError as exc:
+            self.set_error(exc)
+            events = engine.events()
+            did = True
+        if events:
+            self.deliver(events)
+            did = True
+        if self.connected:
+            guard_error = ep.guard_ready()
+            if guard_error is not None:
+                self.set_error(guard_error)
+                did = True
+        timer = engine.get_timer()
+        if timer is not None and timer <= now:
+            engine.handle_timer(now)
+            self.deliver(engine.events())
+            did = True
+        # A reply that released datagrams yields no event, only frames (and a lower pending count).
+        did = did or engine.has_output or engine.pending_resolution != pending
+        before = len(self.out)
+        # Errors writing released or retransmitted frames have no caller: the kernel does not report
+        # a neighbour queue's transmit errors to the socket either (neigh_resolve_output()).
+        errors = self.flush()
+        if errors:
+            engine.count_drop("tx_error", len(errors))
+        return did or len(self.out) != before
+
+    # ----------------------------------------------------------------------------------- waiting
+    async def round(self) -> None:
+        """Make one round of progress, or wait for the end of the round another task is making."""
+        if self.pumping:
+            if self.progress is None:
+                self.progress = anyio.Event()
+            await self.progress.wait()
+            return
+        self.pumping = True
+        try:
+            if not self.drain():
+                await self._wait_io()
+                if not self.closed:
+                    self.drain()
+        finally:
+            self.pumping = False
+            self.scope = None
+            progress, self.progress = self.progress, None
+            if progress is not None:
+                progress.set()
+
+    async def _wait_io(self) -> None:
+        timer = self.engine.get_timer()
+        delay = math.inf if timer is None else max(0.0, timer - time.monotonic())
+        waits: list[tuple[Callable[[int], Any], int]] = [
+            (anyio.wait_readable, self.ep.receiver.fileno())
+        ]
+        if self.connected:
+            # Only an ICMP error (sk_err) makes the guard readable: its filter drops every datagram.
+            waits.append((anyio.wait_readable, self.ep.guard.fileno()))
+        if self.retry_at is not None:
+            delay = min(delay, max(0.0, self.retry_at - time.monotonic()))
+        elif self.out:
+            waits.append((anyio.wait_writable, self.ep.sender_fileno(self.out[0].ifindex)))
+            delay = min(delay, _WRITABLE_WAIT_MAX)
+        with CancelScope(deadline=anyio.current_time() + delay) as scope:
+            self.scope = scope
+            if len(waits) == 1:
+                await _wait_one(waits[0][0], waits[0][1])
+            else:
+                async with anyio.create_task_group() as tg:
+                    for wait, fd in waits:
+                        tg.start_soon(_wait_then_cancel, wait, fd, scope)
+
+    def kick(self) -> None:
+        """End the running round's wait now, so the pump recomputes what to wait for and until when."""
+        if self.scope is not None:
+            self.scope.cancel()
+
+    # -------------------------------------------------------------------------------- operations
+    async def receive(self) -> tuple[bytes, IPSockAddrType]:
+        await checkpoint_if_cancelled()
+        yielded = False
+        while True:
+            # sk_err before the queue, as __skb_recv_udp() checks sock_error() first.
+            self.check_usable()
+            if self.queue:
+                item = self.queue.popleft()
+                if not yielded:
+                    await cancel_shielded_checkpoint()
+                return item
+            await self.round()
+            yielded = True
+
+    async def send(self, data: Any, addr: Any) -> None:
+        await checkpoint_if_cancelled()
+        self.check_usable()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'")
+        addr = await self._resolve(addr)
+        self.check_usable()
+        engine = self.engine
+        mark = engine.pending_resolution
+        self.ep.send(data, addr, time.monotonic())
+        errors = self.flush()
+        if errors:
+            # What the packet socket refused (ENETDOWN, EMSGSIZE …) is what sendto() would raise.
+            raise errors[0]
+        if engine.pending_resolution <= mark and not self.out:
+            await cancel_shielded_checkpoint()
+            return
+        # The pump may be waiting with no deadline, or not for writability: make it look again.
+        self.kick()
+        while engine.pending_resolution > mark or self.out:
+            self.check_open()
+            await self.round()
+
+    async def _resolve(self, addr: Any) -> Any:
+        """Resolve a host name without blocking the loop (socket.sendto() would block on it)."""
+        if not (isinstance(addr, tuple) and len(addr) >= 2 and isinstance(addr[0], str)):
+            return addr  # the endpoint raises what socket.sendto() raises for it
+        host = addr[0]
+        try:
+            socket.inet_pton(self.ep.family, host.split("%", 1)[0])
+        except OSError:
+            pass
+        else:
+            return addr
+        infos = await anyio.getaddrinfo(
+            host, addr[1], family=self.ep.family, type=socket.SOCK_DGRAM
+        )
+        return (str(infos[0][4][0]), *addr[1:])
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.pumping:
+                # Let the task waiting on our descriptors leave its waits before they are closed.
+                self.kick()
+                with CancelScope(shield=True):
+                    while self.pumping:
+                        if self.progress is None:
+                            self.progress = anyio.Event()
+                        await self.progress.wait()
+            self._release()
+        await checkpoint()
+
+    def _release(self) -> None:
+        engine = self.engine
+        if self.queue:
+            engine.count_drop("closed", len(self.queue))
+            self.queue.clear()
+        unsent = engine.pending_resolution + sum(1 for f in self.out if f.size)
+        if unsent:
+            engine.count_drop("closed_unsent", unsent)
+        self.out.clear()
+        self.last_stats = self.stats()
+        for fd in (self.ep.receiver.fileno(), self.ep.guard.fileno()):
+            anyio.notify_closing(fd)
+        self.ep.close()
+
+    def stats(self) -> dict[str, object]:
+        if self.last_stats is not None:
+            return dict(self.last_stats)
+        stats = self.ep.stats()
+        stats["receive_queue"] = len(self.queue)
+        stats["receive_queue_limit"] = self.queue_limit
+        return stats
+
+    def extra(self) -> dict[Any, Callable[[], Any]]:
+        return {
+            RawSocketAttribute.stats: self.stats,
+            RawSocketAttribute.packet_socket: lambda: self.ep.receiver.sock,
+        }
+
+
+async def _wait_one(wait: Callable[[int], Any], fd: int) -> None:
+    # ClosedResourceError: aclose() is under way, and the caller sees ``closed``.
+    with contextlib.suppress(ClosedResourceError):
+        await wait(fd)
+
+
+async def _wait_then_cancel(wait: Callable[[int], Any], fd: int, scope: CancelScope) -> None:
+    await _wait_one(wait, fd)
+    scope.cancel()
+
+
+@final
+class RawUDPSocket(UDPSocket):
+    """An unconnected UDP socket on the raw path (``anyio.abc.UDPSocket``); see the module docstring.
+
+    Typed attributes: anyio's ``SocketAttribute`` (family, local_address, local_port, raw_socket — the
+    guard UDP socket holding the address) and :class:`RawSocketAttribute`.
+    """
+
+    def __init__(self, endpoint: RawUdpEndpoint, *, receive_queue: int) -> None:
+        self._pump = _Pump(endpoint, receive_queue=receive_queue, connected=False)
+        self._receive_guard = anyio.ResourceGuard("reading from")
+        self._send_guard = anyio.ResourceGuard("writing to")
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._pump.ep.guard
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """anyio's socket attributes plus :class:`RawSocketAttribute`."""
+        return {**super().extra_attributes, **self._pump.extra()}
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> RawUDPSocket:
+        """Not supported: the raw path creates its own guard socket (use create_raw_udp_socket)."""
+        raise NotImplementedError("use rawtransport.anyio_socket.create_raw_udp_socket()")
+
+    async def receive(self) -> tuple[bytes, IPSockAddrType]:
+        """The next datagram and its sender's ``(host, port)``."""
+        with self._receive_guard:
+            return await self._pump.receive()
+
+    async def send(self, item: tuple[bytes, IPSockAddrType]) -> None:
+        """Send ``data`` to ``(host, port)``: ``item`` is ``(data, (host, port))``."""
+        with self._send_guard:
+            data, addr = item
+            await self._pump.send(data, addr)
+
+    async def aclose(self) -> None:
+        """Close the socket; blocked and later calls raise ``ClosedResourceError``."""
+        await self._pump.aclose()
+
+
+@final
+class RawConnectedUDPSocket(ConnectedUDPSocket):
+    """A connected UDP socket on the raw path (``anyio.abc.ConnectedUDPSocket``); see the module.
+
+    Datagrams from any other address or port are dropped (counted as ``wrong_peer``). Typed attributes
+    as :class:`RawUDPSocket`, plus ``remote_address`` and ``remote_port``.
+    """
+
+    def __init__(self, endpoint: RawUdpEndpoint, *, receive_queue: int) -> None:
+        self._pump = _Pump(endpoint, receive_queue=receive_queue, connected=True)
+        self._peer = endpoint.guard.getpeername()
+        self._receive_guard = anyio.ResourceGuard("reading from")
+        self._send_guard = anyio.ResourceGuard("writing to")
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._pump.ep.guard
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """anyio's socket attributes plus :class:`RawSocketAttribute`."""
+        return {**super().extra_attributes, **self._pump.extra()}
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> RawConnectedUDPSocket:
+        """Not supported: the raw path creates its own guard socket (use the create function)."""
+        raise NotImplementedError("use rawtransport.anyio_socket.create_raw_connected_udp_socket()")
+
+    async def receive(self) -> bytes:
+        """The next datagram from the peer (or the held error, see the module docstring)."""
+        with self._receive_guard:
+            return (await self._pump.receive())[0]
+
+    async def send(self, item: bytes) -> None:
+        """Send one datagram to the peer."""
+        with self._send_guard:
+            await self._pump.send(item, self._peer)
+
+    async def aclose(self) -> None:
+        """Close the socket; blocked and later calls raise ``ClosedResourceError``."""
+        await self._pump.aclose()
+
+
+# ------------------------------------------------------------------------------------- creation
+async def _getaddrinfo(host: str, port: int, family: int, flags: int = 0) -> list[Any]:
+    # A numeric host resolves in this thread with no lookup (trio's getaddrinfo does the same): the
+    # answer is the same, and AI_ADDRCONFIG is judged in this thread's network namespace rather than
+    # in a resolver thread's. Names go through anyio.getaddrinfo(), off the event loop.
+    try:
+        return socket.getaddrinfo(
+            host, port, family, socket.SOCK_DGRAM, 0, flags | socket.AI_NUMERICHOST
+        )
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME:
+            raise
+    return list(
+        await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM, flags=flags)
+    )
+
+
+def _check_options(family: int, reuse_port: bool, receive_queue: int) -> None:
+    if family not in (AddressFamily.AF_UNSPEC, AddressFamily.AF_INET, AddressFamily.AF_INET6):
+        raise ValueError(f"the raw path carries IPv4 and IPv6 only, not {family!r}")
+    if reuse_port:
+        # Two raw endpoints on one port would each see every datagram (a packet socket is a tap),
+        # so SO_REUSEPORT's load balancing cannot be honoured: refuse rather than duplicate.
+        raise ValueError("reuse_port is not supported on the raw path")
+    if not isinstance(receive_queue, int) or isinstance(receive_queue, bool):
+        raise TypeError(f"receive_queue must be an int, not {type(receive_queue).__name__}")
+    if receive_queue < 1:
+        raise ValueError(f"receive_queue must be >= 1, not {receive_queue}")
+
+
+def _open_endpoint(
+    family: int,
+    local_address: tuple[Any, ...] | None,
+    remote_address: tuple[Any, ...] | None,
+    *,
+    allow_broadcast: bool,
+    interface: str | None,
+    qdisc_bypass: bool,
+    rcvbuf: int | None,
+    rx_mode: str,
+) -> RawUdpEndpoint:
+    guard = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        guard.setblocking(False)
+        if allow_broadcast:
+            guard.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if local_address:
+            guard.bind(local_address)
+        remote = None
+        if remote_address:
+            # A UDP connect() never blocks; it raises ENETUNREACH, EACCES (broadcast) … at once.
+            guard.connect(remote_address)
+            host, port = guard.getpeername()[:2]
+            remote = (socket.inet_pton(family, host.split("%")[0]), port)
+        if guard.getsockname()[1] == 0:
+            # The raw endpoint needs its port now; a kernel socket autobinds on first use.
+            guard.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        return RawUdpEndpoint.open(
+            guard,
+            remote=remote,
+            allow_broadcast=allow_broadcast,
+            interface=interface,
+            qdisc_bypass=qdisc_bypass,
+            rcvbuf=rcvbuf,
+            rx_mode=rx_mode,
+        )
+    except BaseException:
+        guard.close()
+        raise
+
+
+_S = TypeVar("_S", RawUDPSocket, RawConnectedUDPSocket)
+
+
+async def _finish(sock: _S) -> _S:
+    """Checkpoint as anyio's socket creation does, closing the new socket if cancelled there."""
+    try:
+        await checkpoint()
+    except BaseException:
+        await sock.aclose()
+        raise
+    return sock
+
+
+async def create_raw_udp_socket(
+    family: AnyIPAddressFamily = AddressFamily.AF_UNSPEC,
+    *,
+    local_host: IPAddressType | None = None,
+    local_port: int = 0,
+    reuse_port: bool = False,
+    interface: str | None = None,
+    allow_broadcast: bool = False,
+    receive_queue: int = DEFAULT_RECEIVE_QUEUE,
+    qdisc_bypass: bool = False,
+    rcvbuf: int | None = None,
+    rx_mode: str = "ring",
+) -> RawUDPSocket:
+    """``anyio.create_udp_socket()`` on the raw path. Needs CAP_NET_RAW.
+
+    The positional and the first keyword arguments are anyio's, validated and resolved as anyio does
+    (``reuse_port=True`` raises ``ValueError``: a packet socket is a tap, two would both get every
+    datagram). Raw-path knobs: ``interface`` (receive and send on this link only),
+    ``allow_broadcast`` (``SO_BROADCAST``), ``receive_queue`` (datagrams held for ``receive()``, the
+    newest dropped beyond it), ``qdisc_bypass``, ``rcvbuf`` and ``rx_mode`` (as for
+    ``create_raw_datagram_endpoint()``: ``"ring"``, ``"bulk"`` or ``"recv"``).
+    """
+    if family is AddressFamily.AF_UNSPEC and not local_host:
+        raise ValueError('Either "family" or "local_host" must be given')
+    _check_options(family, reuse_port, receive_queue)
+    if local_host:
+        gai_res = await _getaddrinfo(
+            str(local_host), local_port, family, socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+        )
+        family = gai_res[0][0]
+        local_address = gai_res[0][-1]
+    elif family is AddressFamily.AF_INET6:
+        local_address = ("::", local_port)
+    else:
+        local_address = ("0.0.0.0", local_port)
+    endpoint = _open_endpoint(
+        family,
+        local_address,
+        None,
+        allow_broadcast=allow_broadcast,
+        interface=interface,
+        qdisc_bypass=qdisc_bypass,
+        rcvbuf=rcvbuf,
+        rx_mode=rx_mode,
+    )
+    return await _finish(RawUDPSocket(endpoint, receive_queue=receive_queue))
+
+
+async def create_raw_connected_udp_socket(
+    remote_host: IPAddressType,
+    remote_port: int,
+    *,
+    family: AnyIPAddressFamily = AddressFamily.AF_UNSPEC,
+    local_host: IPAddressType | None = None,
+    local_port: int = 0,
+    reuse_port: bool = False,
+    interface: str | None = None,
+    allow_broadcast: bool = False,
+    receive_queue: int = DEFAULT_RECEIVE_QUEUE,
+    qdisc_bypass: bool = False,
+    rcvbuf: int | None = None,
+    rx_mode: str = "ring",
+) -> RawConnectedUDPSocket:
+    """``anyio.create_connected_udp_socket()`` on the raw path. Needs CAP_NET_RAW.
+
+    Arguments as :func:`create_raw_udp_socket`, plus the peer's ``remote_host``/``remote_port``
+    (resolved as anyio resolves them). The guard UDP socket is connected, so the kernel's own checks
+    apply (ENETUNREACH, EACCES for a broadcast peer without ``allow_broadcast``) and ICMP errors for
+    the peer reach the socket (see the module docstring for how they are reported).
+    """
+    _check_options(family, reuse_port, receive_queue)
+    local_address = None
+    if local_host:
+        gai_res = await _getaddrinfo(
+            str(local_host), local_port, family, socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+        )
+        family = gai_res[0][0]
+        local_address = gai_res[0][-1]
+    gai_res = await _getaddrinfo(str(remote_host), remote_port, family)
+    family = gai_res[0][0]
+    remote_address = gai_res[0][-1]
+    if local_address is None and local_port:
+        local_address = (
+            ("::", local_port) if family is AddressFamily.AF_INET6 else ("0.0.0.0", local_port)
+        )
+    endpoint = _open_endpoint(
+        family,
+        local_address,
+        remote_address,
+        allow_broadcast=allow_broadcast,
+        interface=interface,
+        qdisc_bypass=qdisc_bypass,
+        rcvbuf=rcvbuf,
+        rx_mode=rx_mode,
+    )
+    return await _finish(RawConnectedUDPSocket(endpoint, receive_queue=receive_queue))
