@@ -12,13 +12,18 @@ def _parser() -> argparse.ArgumentParser:
         description="UDP over Linux AF_PACKET sockets for asyncio, anyio and trio.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    bench = sub.add_parser(
+    sub.add_parser(
         "bench",
-        help="measure the raw path against the kernel UDP path",
-        description="Benchmarks. `bench codec`: the pure-Python packet codec's cost per frame.",
+        help="measure the raw path against the kernel UDP path (needs root)",
+        description="`bench [OPTIONS]`: the full comparison (run `bench --help` for its options); "
+        "`bench codec`: the pure-Python packet codec's cost per frame.",
+        add_help=False,
     )
-    bench.add_argument("mode", nargs="?", default="codec", choices=["codec"])
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    sub.add_parser(
+        "doctor",
+        help="what this machine allows (CAP_NET_RAW, TPACKET, nftables, offloads …) and what to do",
+        add_help=False,
+    )
     echo = sub.add_parser(
         "echo",
         help="run a UDP echo server on the raw path (needs CAP_NET_RAW)",
@@ -33,11 +38,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m rawtransport`` and the ``rawtransport`` script."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "bench":
-        from rawtransport.bench.codec import main as codec_main
+    argv = sys.argv[1:] if argv is None else argv
+    # bench and doctor parse their own options.
+    if argv and argv[0] == "bench":
+        if argv[1:2] == ["codec"]:
+            from rawtransport.bench.codec import main as codec_main
 
-        return codec_main(args.rest)
+            return codec_main(argv[2:])
+        from rawtransport.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
+    if argv and argv[0] == "doctor":
+        from rawtransport.doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
+    args = parser.parse_args(argv)
     if args.command == "echo":
         from rawtransport.echo import serve
 
