@@ -17,6 +17,7 @@ from typing import Final
 from rawtransport.bpf import Program
 from rawtransport.bpf_filter import drop_all
 from rawtransport.engine import FrameMeta
+from rawtransport.ring import frame_meta
 
 __all__ = [
     "ETH_P_ALL",
@@ -123,7 +124,7 @@ class SocketReader:
                 status, tp_len, snaplen, _mac, _net, _tci, _tpid = _AUXDATA.unpack_from(data)
                 truncated = truncated or snaplen < tp_len
         ifname, _proto, pkttype, hatype = addr[0], addr[1], addr[2], addr[3]
-        meta = FrameMeta(self._ifindex(ifname), pkttype, status, hatype, truncated)
+        meta = frame_meta(self._ifindex(ifname), pkttype, status, hatype, truncated)
         return self._view[: min(n, len(self._buf))], meta
 
 

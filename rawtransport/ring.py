@@ -68,6 +68,21 @@ MAX_RING_BYTES: Final = 64 << 20
 MAX_RETIRE_BLK_TOV: Final = 60_000
 
 
+_META_CACHE: dict[tuple[int, int, int, int, bool], FrameMeta] = {}
+
+
+def frame_meta(ifindex: int, pkttype: int, status: int, hatype: int, truncated: bool) -> FrameMeta:
+    """An interned :class:`FrameMeta`: a busy link repeats a handful of combinations, and a dict
+    lookup costs a fraction of building a frozen dataclass per frame (the hot receive path)."""
+    key = (ifindex, pkttype, status, hatype, truncated)
+    meta = _META_CACHE.get(key)
+    if meta is None:
+        if len(_META_CACHE) >= 1024:  # bounded: status bits or ifindexes cannot grow it forever
+            _META_CACHE.clear()
+        meta = _META_CACHE[key] = FrameMeta(ifindex, pkttype, status, hatype, truncated)
+    return meta
+
+
 def tpacket_align(n: int) -> int:
     """``TPACKET_ALIGN(n)``: round up to ``TPACKET_ALIGNMENT``."""
     return (n + TPACKET_ALIGNMENT - 1) & ~(TPACKET_ALIGNMENT - 1)
@@ -323,7 +338,7 @@ class V2Walker:
                 continue
             self._held = index
             truncated = snaplen < tp_len or bool(status & TP_STATUS_COPY)
-            return base + mac, snaplen, FrameMeta(ifindex, pkttype, status, hatype, truncated)
+            return base + mac, snaplen, frame_meta(ifindex, pkttype, status, hatype, truncated)
         return None
 
     def _check(self, mac: int, snaplen: int) -> None:
@@ -470,7 +485,7 @@ class V3Walker:
             else:
                 self._pos = pos + next_off
         truncated = snaplen < tp_len or bool(status & TP_STATUS_COPY)
-        return pos + mac, snaplen, FrameMeta(ifindex, pkttype, status, hatype, truncated)
+        return pos + mac, snaplen, frame_meta(ifindex, pkttype, status, hatype, truncated)
 
     def _corrupt_block(self, reason: str, detail: str) -> None:
         # The rest of this block's chain cannot be trusted: give the whole block back.

@@ -229,7 +229,8 @@ class LocalAddresses:
     def __init__(self, addresses: Iterable[AddressInfo] = ()) -> None:
         self._local: set[bytes] = set()
         self._broadcast: set[bytes] = {_LIMITED_BROADCAST}
-        self._local_nets: list[ipaddress.IPv4Network] = []
+        # (network, mask) as ints: is_local() runs per received frame (martian-source check).
+        self._local_nets: list[tuple[int, int]] = []
         self._by_ifindex: dict[int, list[AddressInfo]] = {}
         for info in addresses:
             if not isinstance(info, AddressInfo):
@@ -245,7 +246,7 @@ class LocalAddresses:
                 self._broadcast.add(info.broadcast)
             net = ipaddress.IPv4Network((info.address, info.prefixlen), strict=False)
             if info.ifindex == LOOPBACK_IFINDEX and info.prefixlen < 32:
-                self._local_nets.append(net)
+                self._local_nets.append((int(net.network_address), int(net.netmask)))
             if info.prefixlen < 31 and not info.flags & IFA_F_SECONDARY:
                 self._broadcast.add(net.broadcast_address.packed)
 
@@ -255,8 +256,8 @@ class LocalAddresses:
             return True
         if len(address) == 4 and self._local_nets:
             value = int.from_bytes(address, "big")
-            for net in self._local_nets:
-                if value & int(net.netmask) == int(net.network_address):
+            for network, mask in self._local_nets:
+                if value & mask == network:
                     return True
         return False
 
