@@ -174,12 +174,18 @@ def _l3(spec: _Spec, base: int, p: str) -> list[Item]:
             items += [ldb(base + 6), jeq(_IPPROTO_UDP, p + "udp6")]
             if spec.allow_fragments:
                 items.append(jeq(_IPV6_FRAGMENT, "accept"))
+            else:
+                items.append(jeq(_IPV6_FRAGMENT, p + "atomic6"))
             # Extension headers: walking a chain is not expressible without loops, and a chain of
             # any length is legitimate (the kernel delivered 20 destination-options headers, seen).
             # Pass the frame, already matched on address, to user space's full parser instead of
             # dropping traffic the kernel would deliver.
             items += [jeq(nh, "accept") for nh in _IPV6_PASSED_EXTENSIONS]
             items.append(ja("reject"))
+            if not spec.allow_fragments:
+                # An atomic fragment (offset 0, M clear) is processed in isolation and delivered
+                # even without reassembly (RFC 6946; ipv6_frag_rcv()): let it through.
+                items += [label(p + "atomic6"), ldh(base + 42), jset(0xFFF9, "reject", "accept")]
             items.append(label(p + "udp6"))
             if spec.local_port is not None:
                 items += [ldh(base + 42), jeq(spec.local_port, None, "reject")]

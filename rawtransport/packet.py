@@ -55,8 +55,9 @@ UDP [``__udp4_lib_rcv``, ``__udp6_lib_rcv``, ``udp6_csum_init``]:
 IPv6 [``ip6_rcv_core``, ``exthdrs.c``, ``ip6_protocol_deliver_rcu``, ``ipv6_frag_rcv``]:
 
 - ``ipv6_short``: under 40 bytes. ``ipv6_version``: version is not 6.
-- ``ipv6_jumbogram``: payload length 0 before a hop-by-hop header, or a Jumbo Payload option
-  (RFC 2675; never accepted). Payload length 0 otherwise is an empty payload.
+- ``ipv6_jumbogram``: a Jumbo Payload option (RFC 2675; never valid over Ethernet). Payload length 0
+  before a hop-by-hop header without one is delivered untrimmed, as ``ip6_rcv_core`` does;
+  with any other next header it is an empty payload.
 - ``ipv6_payload_length``: payload length + 40 above the bytes captured (truncated).
 - ``ipv6_hbh_not_first``: a hop-by-hop header anywhere but first (RFC 8200 4.1).
 - ``ipv6_ext_header``: an extension header running past the payload, or bad options in a

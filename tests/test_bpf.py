@@ -506,7 +506,8 @@ def test_fragments_when_allowed() -> None:
     # A later fragment has no UDP header: matched on address and protocol alone.
     assert accepts(program, udp4(frag=0x00B9, dport=PORT + 1))
     assert not accepts(program, udp4(frag=0x00B9, dst=OTHER4))
-    ext = eth(0x86DD, ipv6(B6, A6, bytes([17, 0, 0, 0, 0, 0, 0, 1]), nh=44))
+    # A first fragment with more to come (M set): only with allow_fragments.
+    ext = eth(0x86DD, ipv6(B6, A6, bytes([17, 0, 0, 1, 0, 0, 0, 1]), nh=44))
     assert accepts(
         endpoint_filter(family=6, local_ip=A6, local_port=PORT, allow_fragments=True), ext
     )
@@ -561,7 +562,19 @@ def test_ipv6_extension_headers_go_to_user_space(nh: int) -> None:
     chain = bytes([17, 0]) + bytes(6) + udp(PEER_PORT, PORT + 1, b"x")
     assert accepts(V6, eth(0x86DD, ipv6(B6, A6, chain, nh=nh)))
     assert not accepts(V6, eth(0x86DD, ipv6(B6, OTHER6, chain, nh=nh)))
-    assert not accepts(V6, eth(0x86DD, ipv6(B6, A6, chain, nh=44)))  # fragment header
+    fragment = bytes([17, 0, 0, 1]) + bytes(4) + udp(PEER_PORT, PORT + 1, b"x")  # M set
+    assert not accepts(V6, eth(0x86DD, ipv6(B6, A6, fragment, nh=44)))
+
+
+def test_ipv6_atomic_fragment_is_delivered_without_reassembly() -> None:
+    # RFC 6946: offset 0 and M clear is processed in isolation (ipv6_frag_rcv()); the kernel
+    # delivers it, so the filter must pass it even when fragments are otherwise kept out.
+    atomic = bytes([17, 0, 0, 0, 0, 0, 0, 9]) + udp(PEER_PORT, PORT, b"x")
+    assert accepts(V6, eth(0x86DD, ipv6(B6, A6, atomic, nh=44)))
+    assert not accepts(V6, eth(0x86DD, ipv6(B6, OTHER6, atomic, nh=44)))
+    for frag_field in (0x0001, 0x0008, 0xFFF8):  # M set, offset 1, offset max
+        nonatomic = bytes([17, 0]) + frag_field.to_bytes(2, "big") + atomic[4:]
+        assert not accepts(V6, eth(0x86DD, ipv6(B6, A6, nonatomic, nh=44)))
 
 
 def test_arp_reply_clause() -> None:
