@@ -27,6 +27,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -357,6 +358,18 @@ def _destroy_leftovers() -> None:
     for pair in pairs:
         with contextlib.suppress(Exception):
             destroy(pair)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (a CI timeout, `timeout`, kill PID) would end the process without running `finally`
+    # blocks or atexit hooks, leaving namespaces behind: turn it into a normal exit.
+    raise SystemExit(128 + signum)
+
+
+if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and threading.current_thread() is (
+    threading.main_thread()
+):
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 # ------------------------------------------------------------------------------ privileges
