@@ -38,6 +38,7 @@ from rawtransport.packet import (
     parse_frame,
     parse_udp,
 )
+from rawtransport.reassembly import Reassembler, udp_datagram
 from rawtransport.route import LocalAddresses, Route, RouteKind
 
 __all__ = [
@@ -90,6 +91,7 @@ class EndpointConfig:
 
     ``family`` is 4 or 6. ``local_ip`` ``None`` means bound to the wildcard address. ``dual_stack``: an
     IPv6 wildcard socket without ``IPV6_V6ONLY`` also receives IPv4, as v4-mapped addresses.
+    ``reassemble``: put fragmented datagrams back together (else drop and count their fragments).
     """
 
     family: int
@@ -101,6 +103,9 @@ class EndpointConfig:
     dual_stack: bool = False
     ttl: int = 64
     multicast_ttl: int = 1
+    # Reassemble IPv4/IPv6 fragments as ip_defrag()/ipv6_frag_rcv() do (see reassembly.py); when
+    # false, fragments are dropped and counted as ``ipv4_fragment``/``ipv6_fragment``.
+    reassemble: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +158,10 @@ class _Counters:
 
 
 def _v4_martian_source(src: bytes) -> bool:
-    # ip_route_input_slow(): multicast, limited broadcast, 0.0.0.0/8 sources are martians.
-    first = src[0]
-    return first >= 224 or first == 0 or src == b"\xff\xff\xff\xff"
+    # ip_route_input_slow(): multicast (224/4), the limited broadcast and 0.0.0.0 are martian
+    # sources. Since Linux 5.14 ipv4_is_zeronet() is "addr == 0" only, and class E (240/4) is not
+    # refused: both were seen delivered on 6.18 (tests/net/test_differential.py).
+    return 224 <= src[0] < 240 or src in (_ZERO4, _LBCAST4)
 
 
 def _v4_loopback(addr: bytes) -> bool:
@@ -192,6 +198,7 @@ class UdpEngine:
         # The source address last used on each (interface, family), for ARP/NS requests.
         self._last_sources: dict[tuple[int, int], bytes] = {}
         self._rx_limit: dict[int, int] = {}
+        self._reasm = Reassembler() if config.reassemble else None
 
     # ----------------------------------------------------------------------------------- state in
     def set_local_addresses(self, local_addresses: LocalAddresses) -> None:
@@ -251,6 +258,10 @@ class UdpEngine:
         try:
             d = parse_udp(frame, verify_udp_checksum=not (meta.status & _CSUM_VOUCHED))
         except MalformedPacketError as exc:
+            if self._reasm is not None and exc.reason in _FRAGMENT_REASONS:
+                # Off the hot path: only frames the parser refused as fragments get here.
+                self._receive_fragment(frame, meta, now)
+                return
             c.drop(exc.reason)
             return
         if d.vlan_id is not None:
@@ -263,6 +274,32 @@ class UdpEngine:
         c.delivered += 1
         self._events.append(DatagramReceived(d.payload, self._peer_tuple(d.src, d.src_port, meta)))
 
+    def _receive_fragment(
+        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
+    ) -> None:
+        """Hand a fragment to the reassembler; check and deliver the datagram it completes.
+
+        The reassembler counts the frames it holds, merges or drops (``stats()["reassembly"]``); a
+        completed datagram then goes through the UDP checks (checksum always verified: the status
+        the kernel gave each fragment says nothing about the whole) and the address checks.
+        """
+        assert self._reasm is not None
+        r = self._reasm.receive(frame, now, meta.ifindex)
+        if r is None:
+            return
+        c = self._counters
+        try:
+            sport, dport, payload = udp_datagram(r)
+        except MalformedPacketError as exc:
+            c.drop(exc.reason)
+            return
+        reason = self._check_addresses(r.family, r.src, r.dst, sport, dport, meta)
+        if reason is not None:
+            c.drop(reason)
+            return
+        c.delivered += 1
+        self._events.append(DatagramReceived(payload, self._peer_tuple(r.src, sport, meta)))
+
     def _check_addresses(
         self, family: int, src: bytes, dst: bytes, sport: int, dport: int, meta: FrameMeta
     ) -> str | None:
@@ -271,15 +308,21 @@ class UdpEngine:
         loopback_dev = meta.hatype == ARPHRD_LOOPBACK
         if dport != cfg.local_port:
             return "wrong_port"
+        brd_input = False
         if family == 4:
             if cfg.family == 6 and not cfg.dual_stack:
                 return "wrong_family"
-            if _v4_martian_source(src):
+            # ip_route_input_slow(): "if (ipv4_is_lbcast(daddr) || (saddr == 0 && daddr == 0))
+            # goto brd_input" comes before the martian checks: DHCP's 0.0.0.0 -> 255.255.255.255.
+            brd_input = src == _ZERO4 and dst in (_LBCAST4, _ZERO4)
+            if brd_input:
+                pass
+            elif _v4_martian_source(src):
                 return "martian_source"
             if not loopback_dev and (_v4_loopback(src) or _v4_loopback(dst)):
                 # ip_route_input_slow(): 127/8 on a non-loopback device is martian (route_localnet=0).
                 return "martian_source" if _v4_loopback(src) else "martian_destination"
-            if dst[0] == 0:
+            if dst == _ZERO4 and not brd_input:
                 return "martian_destination"
             if not loopback_dev and self._local.is_local(src):
                 # fib_validate_source(): our own address as source from the wire.
@@ -304,7 +347,12 @@ class UdpEngine:
         elif local is not None:
             if dst != local:
                 return "wrong_address"
-        elif not (self._local.is_local(dst) or (family == 4 and self._local.is_broadcast(dst))):
+        elif not (
+            brd_input
+            or self._local.is_local(dst)
+            or (family == 4 and self._local.is_broadcast(dst))
+            or dst in _ALWAYS_JOINED
+        ):
             return "not_local"
         if cfg.remote_ip is not None:
             remote = cfg.remote_ip
@@ -327,7 +375,7 @@ class UdpEngine:
                     src = _V4MAPPED_PREFIX + src
                 # recvfrom() fills sin6_scope_id only for link-local sources (ipv6_iface_scope_id()).
                 scope = meta.ifindex if src[0] == 0xFE and (src[1] & 0xC0) == 0x80 else 0
-                addr = (str(ipaddress.IPv6Address(src)), port, 0, scope)
+                addr = (_ipv6_text(src), port, 0, scope)
             if len(self._addr_cache) >= _ADDR_CACHE_MAX:
                 self._addr_cache.clear()
             self._addr_cache[key] = addr
@@ -509,10 +557,17 @@ class UdpEngine:
     # ------------------------------------------------------------------------------------- timers
     def get_timer(self) -> float | None:
         """The next time :meth:`handle_timer` must run, or ``None``."""
-        return self._neigh.get_timer()
+        when = self._neigh.get_timer()
+        if self._reasm is not None:
+            expiry = self._reasm.get_timer()
+            if expiry is not None and (when is None or expiry < when):
+                when = expiry
+        return when
 
     def handle_timer(self, now: float) -> None:
-        """Retransmit neighbour requests and give up on the ones that failed."""
+        """Retransmit neighbour requests, give up on failed ones, expire stale fragments."""
+        if self._reasm is not None:
+            self._reasm.handle_timer(now)
         for failed in self._neigh.handle_timer(now):
             self._fail_pending(failed.dropped)
         self._queue_neighbour_requests()
@@ -553,17 +608,29 @@ class UdpEngine:
         return bool(self._out)
 
     def stats(self) -> dict[str, object]:
-        """Counters: frames received, datagrams delivered and sent, drops by reason, neighbour stats."""
+        """Counters: frames received, datagrams delivered and sent, drops by reason, neighbour stats.
+
+        Fragments the reassembler dropped are in ``dropped`` too (one per frame). With
+        ``r = stats["reassembly"]``: ``received == delivered + dropped_total + r["pending"] +
+        r["merged"]`` (a reassembled datagram counts as its first frame; ``merged`` the others).
+        """
         c = self._counters
+        dropped = dict(c.dropped)
+        reassembly: dict[str, object] = {}
+        if self._reasm is not None:
+            reassembly = self._reasm.stats()
+            for reason, n in self._reasm.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
         return {
             "received": c.received,
             "delivered": c.delivered,
             "sent": c.sent,
             "sent_by_kernel": c.sent_by_kernel,
-            "dropped": dict(c.dropped),
-            "dropped_total": sum(c.dropped.values()),
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
             **c.events,
             "neighbour": dict(self._neigh.stats),
+            "reassembly": reassembly,
         }
 
     def count_event(self, name: str) -> None:
@@ -581,4 +648,26 @@ class UdpEngine:
 
 
 _V6_LOOPBACK = bytes(15) + b"\x01"
+_ZERO4 = bytes(4)
+_LBCAST4 = b"\xff\xff\xff\xff"
+# Groups every multicast-capable interface has joined (RFC 1112 all-hosts, RFC 4291 all-nodes): a
+# wildcard socket receives them (IP_MULTICAST_ALL / IPV6_MULTICAST_ALL default to 1).
+_ALWAYS_JOINED = frozenset(
+    {bytes([224, 0, 0, 1]), bytes.fromhex("ff020000000000000000000000000001")}
+)
+
+
+def _ipv6_text(addr: bytes) -> str:
+    """IPv6 text as glibc's inet_ntop() writes it (what recvfrom() gives a kernel socket's user):
+    ``::ffff:198.18.0.2`` for v4-mapped and ``::198.18.0.2`` for IPv4-compatible addresses, where
+    ``ipaddress`` (before Python 3.13) writes hex words."""
+    if addr[:12] == _V4MAPPED_PREFIX:
+        return "::ffff:" + ".".join(str(b) for b in addr[12:])
+    if addr[:12] == bytes(12) and addr[12:14] != b"\0\0":
+        return "::" + ".".join(str(b) for b in addr[12:])
+    return str(ipaddress.IPv6Address(addr))
+
+
+# The codec's reasons for a frame that is a fragment (ip_is_fragment(), an IPv6 Fragment header).
+_FRAGMENT_REASONS = frozenset(("ipv4_fragment", "ipv6_fragment"))
 _V4MAPPED_PREFIX = bytes(10) + b"\xff\xff"

@@ -351,8 +351,15 @@ def veth_pair(tag: str = "") -> Iterator[VethPair]:
         destroy(pair)
 
 
+_OWNER_PID = os.getpid()
+
+
 @atexit.register
 def _destroy_leftovers() -> None:
+    # A child made by fork() inherits _live and this hook: only the process that created the
+    # pairs may delete them, or a child's exit would pull namespaces from under running tests.
+    if os.getpid() != _OWNER_PID:
+        return
     with _live_lock:
         pairs = list(_live.values())
     for pair in pairs:
@@ -363,6 +370,8 @@ def _destroy_leftovers() -> None:
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # SIGTERM (a CI timeout, `timeout`, kill PID) would end the process without running `finally`
     # blocks or atexit hooks, leaving namespaces behind: turn it into a normal exit.
+    if os.getpid() != _OWNER_PID:
+        os._exit(128 + signum)  # a forked child: die as SIGTERM would, touching nothing
     raise SystemExit(128 + signum)
 
 
