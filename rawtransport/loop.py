@@ -45,6 +45,10 @@ async def create_raw_datagram_endpoint(
     qdisc_bypass: bool = False,
     rcvbuf: int | None = None,
     rx_mode: str = "ring",
+    kernel_bypass: bool = False,
+    busy_poll: int | None = None,
+    spin_us: int | None = None,
+    tx_mode: str = "ring",
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> tuple[RawDatagramTransport, _P]:
     """Create a datagram endpoint whose datagrams travel through an ``AF_PACKET`` socket.
@@ -57,6 +61,24 @@ async def create_raw_datagram_endpoint(
     TPACKET_V2 ring: each frame handed over at once, no syscall per frame), ``"bulk"`` (TPACKET_V3:
     one wake-up per block of frames, best throughput, up to ~1 ms more latency) or ``"recv"`` (one
     ``recvmsg`` per frame). Needs CAP_NET_RAW.
+
+    Opt-in receive knobs (off by default): ``kernel_bypass=True`` installs an nftables
+    netdev-ingress rule that drops the endpoint's datagrams after the packet socket saw them and
+    before the kernel's IP/UDP input runs (needs ``nft`` and CAP_NET_ADMIN; removed on close, and by
+    the kernel if the process dies; see :mod:`rawtransport.nft`). ``busy_poll`` (µs) sets
+    ``SO_BUSY_POLL`` on the receiving socket; ``spin_us`` (µs, up to 10 000) keeps polling the
+    receiver that long after each batch before yielding to the loop — lower latency for a busy
+    core, bounded by the read budget per callback.
+
+    ``tx_mode``: ``"ring"`` (default) copies outgoing frames into a ``PACKET_TX_RING`` per sending
+    interface; the datagrams of one loop iteration (every ``sendto()`` in a callback, replies made
+    while handling a batch of received datagrams, ARP/ND requests and datagrams released by a
+    neighbour reply) leave together with one ``send()`` syscall, at the end of that iteration.
+    ``"direct"`` makes one ``send()`` syscall per datagram, inside ``sendto()``. The ring costs
+    one loop iteration of delay on a lone ``sendto()`` from a task (a few µs, no syscall saved) and
+    wins from the second datagram of a burst on; a burst above the high-water mark is written at
+    once. Both keep ``ENOBUFS`` and a full socket buffer as flow control: nothing accepted is lost
+    or reordered.
     """
     if loop is None:
         loop = asyncio.get_running_loop()
@@ -167,6 +189,10 @@ async def create_raw_datagram_endpoint(
             qdisc_bypass=qdisc_bypass,
             rcvbuf=rcvbuf,
             rx_mode=rx_mode,
+            kernel_bypass=kernel_bypass,
+            busy_poll=busy_poll,
+            spin_us=spin_us,
+            tx_mode=tx_mode,
         )
     except BaseException:
         guard.close()

@@ -1,4 +1,7 @@
-"""A packet socket receiving through a PACKET_MMAP ring: the drop-in sibling of ``PacketReceiver``.
+"""Packet sockets with PACKET_MMAP rings: ``RingReceiver`` (receive) and ``TxRing`` (transmit).
+
+``TxRing`` (at the end) is the batched send path: frames are copied into a ``PACKET_TX_RING`` and
+one ``send()`` hands them all to the device; see :mod:`rawtransport.tx_ring` for the slot protocol.
 
 :class:`RingReceiver` has the interface of :class:`rawtransport.link.PacketReceiver` (``fileno``,
 ``set_filter``, ``recv``, ``statistics``, ``close``, ``sock``, ``kernel_packets``, ``kernel_drops``,
@@ -37,16 +40,19 @@ from rawtransport.engine import FrameMeta
 from rawtransport.link import (
     ETH_P_ALL,
     PACKET_IGNORE_OUTGOING,
+    PACKET_QDISC_BYPASS,
     PACKET_STATISTICS,
     SOL_PACKET,
+    PacketSender,
     SocketReader,
     attach_filter,
     bind_ll,
     open_packet_socket,
 )
-from rawtransport.ring import TP_STATUS_COPY, RingGeometry, V2Walker, V3Walker
+from rawtransport.ring import TP_STATUS_COPY, RingGeometry, V2Walker, V3Walker, frame_meta
+from rawtransport.tx_ring import TX_DATA_OFFSET, TxRingWriter
 
-__all__ = ["RingReceiver", "default_geometry"]
+__all__ = ["RingReceiver", "TxRing", "default_geometry", "tx_geometry"]
 
 PACKET_RX_RING: Final = 5
 PACKET_COPY_THRESH: Final = 7
@@ -198,9 +204,15 @@ class RingReceiver:
             # The slot holds a truncated copy; the whole frame waits in the socket's queue, in order.
             self._walker.release()
             try:
-                return self._copies.recv()
+                view, _ = self._copies.recv()
             except BlockingIOError:
                 return self._view[offset:offset], meta  # the copy was not made: truncated, dropped
+            # tpacket_rcv() fills only the slot's header, not the copy's address or aux data: the
+            # slot's facts describe the frame (pkttype matters: never lose OUTGOING/OTHERHOST).
+            whole = frame_meta(
+                meta.ifindex, meta.pkttype, meta.status & ~TP_STATUS_COPY, meta.hatype, False
+            )
+            return view, whole
         view = self._view[offset : offset + length]
         self._last = view
         return view, meta
@@ -241,4 +253,160 @@ class RingReceiver:
             # that, and let the mapping go with the last view.
             with contextlib.suppress(OSError):
                 attach_filter(self.sock, drop_all())
+        self.sock.close()
+
+
+PACKET_TX_RING: Final = 13
+#: Slots of a transmit ring unless told otherwise. With 2 KiB slots that is 1 MiB per interface, and
+#: more frames than the default socket send buffer (``wmem_default``, 208 KiB) can hold in flight,
+#: so a full send buffer (``EAGAIN``, which ``poll`` does report) normally comes before a full ring.
+TX_DEFAULT_SLOTS: Final = 512
+#: Cap on one transmit ring's memory; slots shrink in number for jumbo frames.
+TX_MAX_BYTES: Final = 4 << 20
+# Room in a slot beyond the MTU: the Ethernet header, one 802.1Q tag, the slot header.
+_TX_SLOT_OVERHEAD: Final = 14 + 4 + TX_DATA_OFFSET
+
+
+def tx_geometry(mtu: int, slots: int | None = None) -> RingGeometry:
+    """A validated TPACKET_V2 geometry for a transmit ring on a link of ``mtu`` bytes.
+
+    Slots are the smallest power of two (at least 2 KiB) holding a frame of the MTU plus headers;
+    each block is one slot or one page, whichever is larger, so no block needs more than one
+    page-order allocation of that size.
+    """
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
+        raise ValueError(f"mtu must be an int in [68, 65535], not {mtu!r}")
+    frame = max(2048, 1 << (mtu + _TX_SLOT_OVERHEAD - 1).bit_length())
+    if slots is None:
+        slots = max(16, min(TX_DEFAULT_SLOTS, TX_MAX_BYTES // frame))
+    if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+        raise ValueError(f"slots must be a positive int, not {slots!r}")
+    block = max(mmap.PAGESIZE, frame)
+    per_block = block // frame
+    return RingGeometry(
+        version=2,
+        block_size=block,
+        block_count=-(-slots // per_block),
+        frame_size=frame,
+        page_size=mmap.PAGESIZE,
+    )
+
+
+class TxRing:
+    """A send-only packet socket on one interface whose frames go through a ``PACKET_TX_RING``.
+
+    :meth:`put` copies a frame into the next free slot; :meth:`kick` makes one ``send()`` syscall
+    that hands every queued slot to the device, in order, and reports what the kernel did with them
+    (see :mod:`rawtransport.tx_ring`). Frames too long for a slot (the MTU grew after the ring was
+    made) go out through :meth:`send_direct`, a plain ``send()`` on a second socket opened for it.
+
+    Setup order: socket with protocol 0 (it never receives) -> drop-all filter -> ``PACKET_VERSION``
+    -> ``PACKET_QDISC_BYPASS`` if asked -> ``PACKET_TX_RING`` -> ``mmap`` -> ``bind`` to the interface.
+    """
+
+    def __init__(
+        self,
+        ifindex: int,
+        *,
+        mtu: int = 1500,
+        slots: int | None = None,
+        qdisc_bypass: bool = False,
+    ) -> None:
+        self.geometry = geometry = tx_geometry(mtu, slots)
+        self.ifindex = ifindex
+        self._qdisc_bypass = qdisc_bypass
+        self._direct: PacketSender | None = None
+        self.sock = sock = open_packet_socket()
+        ring: mmap.mmap | None = None
+        try:
+            attach_filter(sock, drop_all())
+            sock.setsockopt(SOL_PACKET, PACKET_VERSION, geometry.kernel_version)
+            if qdisc_bypass:
+                sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_TX_RING, geometry.request())
+            ring = mmap.mmap(
+                sock.fileno(),
+                geometry.size,
+                flags=mmap.MAP_SHARED,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+            self._ring = ring
+            self._view = memoryview(ring)
+            self.writer = TxRingWriter(self._view, geometry)
+            bind_ll(sock, ifindex, 0)
+        except BaseException:
+            if ring is not None:
+                with contextlib.suppress(NameError, AttributeError, BufferError):
+                    self._view.release()
+                with contextlib.suppress(BufferError):
+                    ring.close()
+            sock.close()
+            raise
+        self.put = self.writer.put
+        self.max_frame = self.writer.max_frame
+        self._closed = False
+        #: ``send()`` kicks made.
+        self.kicks = 0
+
+    @property
+    def queued(self) -> int:
+        """Frames written since the last kick and not taken by it."""
+        return self.writer.queued
+
+    @property
+    def wrong_format(self) -> int:
+        """Frames the kernel refused (``TP_STATUS_WRONG_FORMAT``)."""
+        return self.writer.wrong_format
+
+    def fileno(self) -> int:
+        """The ring socket's descriptor: writable (``POLLOUT``) while its send buffer has room."""
+        return self.sock.fileno()
+
+    def kick(self) -> tuple[int, bool, OSError | None]:
+        """One ``send()``: the kernel transmits every queued slot it can, in order.
+
+        Returns ``(taken, rejected, error)``: the number of queued frames that left the queue
+        (oldest first); whether the next one was refused (``TP_STATUS_WRONG_FORMAT``: taken out of
+        the ring, ``error`` says why, frames behind it still queued for another kick); and the
+        ``OSError`` the kick raised, if any. Frames still queued without a refusal were not taken:
+        the send buffer (``EAGAIN``, or a short count) or the device queue (``ENOBUFS``) is full.
+        """
+        if self._closed:
+            raise OSError(errno.EBADF, "the transmit ring is closed")
+        self.kicks += 1
+        error: OSError | None = None
+        try:
+            # Non-blocking socket: tpacket_snd() gets MSG_DONTWAIT and never waits for completions.
+            self.sock.send(b"")
+        except OSError as exc:
+            error = exc
+        taken, rejected = self.writer.settle()
+        return taken, rejected, error
+
+    def unqueue(self) -> int:
+        """Take back the frames still queued after a kick (they were not sent); return the count."""
+        return self.writer.unqueue()
+
+    def send_direct(self, frame: bytes) -> None:
+        """Send one frame without the ring (``packet_snd()``), for frames longer than a slot.
+
+        A socket with a TX ring only ever sends from it (``packet_sendmsg()``), hence a second one.
+        """
+        if self._direct is None:
+            self._direct = PacketSender(self.ifindex, qdisc_bypass=self._qdisc_bypass)
+        self._direct.send(frame)
+
+    def close(self) -> None:
+        """Unmap the ring and close the socket(s). Idempotent.
+
+        Frames still in flight keep their pages alive in the kernel until they are freed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(BufferError):
+            self._view.release()
+            self._ring.close()
+        if self._direct is not None:
+            self._direct.close()
         self.sock.close()

@@ -72,6 +72,10 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         self._aborted = False
         self._retry: asyncio.TimerHandle | None = None
         self._backoff = 0.0
+        # tx_mode="ring": sendto() queues its frames and one flush per loop iteration writes them
+        # all (one kick of the transmit ring); with "direct" each sendto() writes at once.
+        self._batch = endpoint.tx_mode == "ring"
+        self._flush_handle: asyncio.Handle | None = None
         guard = endpoint.guard
         try:
             peername = guard.getpeername()
@@ -211,14 +215,46 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             # socket.sendto() raising TypeError for a bad address ends a stdlib transport this way too.
             self._fatal_error(exc, "Fatal write error on datagram transport")
             return
-        self._flush_engine()
+        if self._batch:
+            self._queue_output()
+        else:
+            self._flush_engine()
+
+    def _queue_output(self) -> None:
+        """Batch mode: buffer the engine's frames now, write them once this loop iteration ends.
+
+        The frames count in ``get_write_buffer_size()`` from here on. A burst larger than the
+        high-water mark is written at once instead (bounding what one callback can pile up), and
+        pauses the protocol if it cannot all leave, as an unbatched transport would.
+        """
+        engine = self._ep.engine
+        if engine.has_output:
+            frames = engine.frames_to_send()
+            self._buffer.extend(frames)
+            self._buffer_size += sum(f.size for f in frames)
+        if self._writer_fd is not None or self._retry is not None:
+            self._maybe_pause_protocol()  # waiting for room already; that wait writes these too
+        elif self._buffer_size > self._high_water:
+            self._flush_engine()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        if not self._conn_lost or self._lingering:
+            self._flush_engine()
 
     def _flush_engine(self) -> None:
-        """Write what the engine produced (datagrams, released pending frames, ARP/ND requests)."""
+        """Write what the engine produced (datagrams, released pending frames, ARP/ND requests).
+
+        Together with what ``sendto()`` queued in batch mode: everything leaves in one
+        ``write_frames()`` call (one kick of the transmit ring).
+        """
         if self._ep.engine.has_output:
             frames = self._ep.engine.frames_to_send()
             self._buffer.extend(frames)
             self._buffer_size += sum(f.size for f in frames)
+        if self._buffer:
             if self._writer_fd is None and self._retry is None:
                 self._write_buffer()
             else:
@@ -317,6 +353,30 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             return
         self._dispatch(events)
         self._flush_engine()
+        if self._ep.spin_us:
+            self._spin()
+
+    def _spin(self) -> None:
+        """``spin_us``: poll for the next frame before yielding (after dispatching, so a reply
+        the protocol just sent is not delayed). Bounded: ``read_budget`` frames per callback, and
+        at most ``spin_us`` idle between two of them."""
+        budget = self.read_budget
+        while budget > 0 and not self._closing and not self._conn_lost:
+            try:
+                events, n = self._ep.spin(self._loop.time(), budget)
+            except OSError as exc:
+                self._error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on datagram transport")
+                return
+            if not n:
+                return
+            budget -= n
+            self._dispatch(events)
+            self._flush_engine()
 
     def _guard_ready(self) -> None:
         exc = self._ep.guard_ready()
@@ -423,6 +483,9 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if not self._closing:
             self._closing = True
             self._stop_reading()
@@ -472,6 +535,9 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         self._remove_writer()
         self._ep.close()
 
