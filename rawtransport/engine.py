@@ -460,15 +460,19 @@ class UdpEngine:
         else:
             dst_mac = None
         src_mac = route.src_mac if not (route.noarp or route.kind is RouteKind.LOCAL) else _ZERO_MAC
-        frames = self._build(data, route, dst, dport, dst_mac or _ZERO_MAC, src_mac, ttl)
         if dst_mac is None:
-            pending = _Pending([bytearray(f) for f in frames], route.ifindex, size)
+            # Ask first with an empty placeholder: when the MAC is known (the common case) the frames
+            # are built once, with it; when not, the queued placeholder is filled in afterwards.
+            pending = _Pending([], route.ifindex, size)
             mac = self._neigh.resolve(route.ifindex, route.next_hop, pending, now)
-            if mac is None:
+            if self._neigh.has_requests:  # a new resolution, or a stale entry's re-probe
                 self._queue_neighbour_requests(route)
+            if mac is None:
+                built = self._build(data, route, dst, dport, _ZERO_MAC, src_mac, ttl)
+                pending.frames = [bytearray(f) for f in built]
                 return
-            self._release(pending, mac)
-            return
+            dst_mac = mac
+        frames = self._build(data, route, dst, dport, dst_mac, src_mac, ttl)
         last = len(frames) - 1
         for i, f in enumerate(frames):
             self._out.append(OutgoingFrame(f, route.ifindex, size if i == last else 0))

@@ -331,6 +331,11 @@ class NeighbourCache(Generic[T]):
         self._request(key, entry)
         return None
 
+    @property
+    def has_requests(self) -> bool:
+        """True when :meth:`requests_to_send` would return something (a cheap check per send)."""
+        return bool(self._requests)
+
     def requests_to_send(self) -> list[NeighbourRequest]:
         """Take the requests to transmit now (at most one per entry), oldest first."""
         out = list(self._requests.values())
