@@ -442,9 +442,44 @@ class UdpEngine:
         """
         dst, dport = addr
         size = len(data)
-        family = 4 if len(dst) == 4 else 6
-        if (family == 4 and size > MAX_UDP4_PAYLOAD) or (family == 6 and size > MAX_UDP6_PAYLOAD):
+        v4 = len(dst) == 4
+        if size > (MAX_UDP4_PAYLOAD if v4 else MAX_UDP6_PAYLOAD):
             raise OSError(errno.EMSGSIZE, "Message too long")
+        if route.kind is _UNICAST and not route.noarp:
+            # The per-datagram fast path: a unicast next hop whose MAC is confirmed, a datagram
+            # that fits the MTU. One header build, one frame, no intermediate copies.
+            mac = self._neigh.reachable(route.ifindex, route.next_hop, now)
+            if mac is not None and size + (28 if v4 else 48) <= route.mtu:
+                if v4:
+                    frame = build_udp(
+                        mac,
+                        route.src_mac,
+                        route.source,
+                        dst,
+                        self.config.local_port,
+                        dport,
+                        data,
+                        ttl=self.config.ttl,
+                    )
+                else:
+                    frame = build_udp(mac, route.src_mac, route.source, dst,
+                                      self.config.local_port, dport, data,
+                                      hop_limit=self.config.ttl)  # fmt: skip
+                self._out.append(OutgoingFrame(frame, route.ifindex, size))
+                self._counters.sent += 1
+                return
+        self._send_slow(data, dst, dport, size, route, now)
+
+    def _send_slow(
+        self,
+        data: bytes | bytearray | memoryview,
+        dst: bytes,
+        dport: int,
+        size: int,
+        route: Route,
+        now: float,
+    ) -> None:
+        """Everything but the fast path: broadcast/multicast/local, resolution, fragmentation."""
         if route.kind is RouteKind.BROADCAST and not self.config.allow_broadcast:
             # udp_sendmsg(): RTCF_BROADCAST without SO_BROADCAST.
             raise PermissionError(errno.EACCES, "Permission denied")
@@ -461,8 +496,8 @@ class UdpEngine:
             dst_mac = None
         src_mac = route.src_mac if not (route.noarp or route.kind is RouteKind.LOCAL) else _ZERO_MAC
         if dst_mac is None:
-            # Ask first with an empty placeholder: when the MAC is known (the common case) the frames
-            # are built once, with it; when not, the queued placeholder is filled in afterwards.
+            # Ask first with an empty placeholder: when the MAC is known the frames are built once,
+            # with it; when not, the queued placeholder is filled in afterwards.
             pending = _Pending([], route.ifindex, size)
             mac = self._neigh.resolve(route.ifindex, route.next_hop, pending, now)
             if self._neigh.has_requests:  # a new resolution, or a stale entry's re-probe
@@ -652,6 +687,7 @@ class UdpEngine:
 
 
 _V6_LOOPBACK = bytes(15) + b"\x01"
+_UNICAST = RouteKind.UNICAST
 _ZERO4 = bytes(4)
 _LBCAST4 = b"\xff\xff\xff\xff"
 # Groups every multicast-capable interface has joined (RFC 1112 all-hosts, RFC 4291 all-nodes): a

@@ -331,6 +331,21 @@ class NeighbourCache(Generic[T]):
         self._request(key, entry)
         return None
 
+    def reachable(self, ifindex: int, address: bytes, now: float) -> bytes | None:
+        """The MAC if the entry is REACHABLE (confirmed within ``reachable_time``), else ``None``.
+
+        The per-datagram fast path: no validation, no side effects, no state change. Anything
+        else (unknown, STALE, in resolution) goes through :meth:`resolve`.
+        """
+        entry = self._entries.get((ifindex, address))
+        if (
+            entry is not None
+            and entry.state == _VALID
+            and now - entry.confirmed < self.reachable_time
+        ):
+            return entry.mac
+        return None
+
     @property
     def has_requests(self) -> bool:
         """True when :meth:`requests_to_send` would return something (a cheap check per send)."""

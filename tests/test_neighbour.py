@@ -785,3 +785,17 @@ class NeighbourMachine(RuleBasedStateMachine):
 
 
 TestNeighbourMachine = NeighbourMachine.TestCase
+
+
+def test_reachable_is_the_side_effect_free_fast_path() -> None:
+    cache: NeighbourCache[str] = NeighbourCache(reachable_time=30.0, stale_time=60.0)
+    ip = bytes([198, 18, 0, 2])
+    mac = bytes.fromhex("020000000002")
+    assert cache.reachable(2, ip, 0.0) is None  # unknown
+    assert cache.resolve(2, ip, "first", 0.0) is None
+    assert cache.reachable(2, ip, 0.1) is None  # INCOMPLETE
+    assert cache.handle_reply(2, ip, mac, 0.5) == ["first"]
+    assert cache.reachable(2, ip, 30.4) == mac  # REACHABLE until confirmed + reachable_time
+    assert cache.reachable(2, ip, 30.5) is None  # STALE: resolve() must see it (it re-probes)
+    assert cache.reachable(3, ip, 1.0) is None  # another interface
+    assert not cache.has_requests
