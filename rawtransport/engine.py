@@ -19,6 +19,7 @@ import errno
 import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rawtransport.errors import MalformedPacketError
 from rawtransport.neighbour import NeighbourCache
@@ -108,9 +109,12 @@ class EndpointConfig:
     reassemble: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class DatagramReceived:
-    """A datagram for the protocol, with the address tuple a kernel UDP socket would have given."""
+class DatagramReceived(NamedTuple):
+    """A datagram for the protocol, with the address tuple a kernel UDP socket would have given.
+
+    A NamedTuple rather than a frozen dataclass: one is made per datagram, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs several times more.
+    """
 
     data: bytes
     addr: tuple[str, int] | tuple[str, int, int, int]
@@ -123,9 +127,11 @@ class ErrorReceived:
     exc: OSError
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingFrame:
-    """A frame to write to ``ifindex``; ``size`` is the payload size it carries, for buffer accounting."""
+class OutgoingFrame(NamedTuple):
+    """A frame to write to ``ifindex``; ``size`` is the payload size it carries, for buffer accounting.
+
+    A NamedTuple for the same reason as :class:`DatagramReceived`: one per frame sent.
+    """
 
     frame: bytes
     ifindex: int
