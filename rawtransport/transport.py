@@ -158,14 +158,7 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": "protocol.pause_writing() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report(exc, "protocol.pause_writing() failed")
 
     def _maybe_resume_protocol(self) -> None:
         if self._protocol_paused and self._buffer_size <= self._low_water:
@@ -175,14 +168,14 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
-                self._loop.call_exception_handler(
-                    {
-                        "message": "protocol.resume_writing() failed",
-                        "exception": exc,
-                        "transport": self,
-                        "protocol": self._protocol,
-                    }
-                )
+                self._report(exc, "protocol.resume_writing() failed")
+
+    def _report(self, exc: BaseException, message: str) -> None:
+        """Hand an exception raised by the protocol to the loop's exception handler, as the loop
+        does for one escaping a callback: the transport goes on."""
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
 
     # --------------------------------------------------------------------------------- sending
     def sendto(self, data: Any, addr: Any = None) -> None:
@@ -409,14 +402,7 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             except BaseException as exc:
                 # A faulty protocol must not cost the rest of the batch: report it the way the loop
                 # reports an exception escaping a callback, and go on.
-                self._loop.call_exception_handler(
-                    {
-                        "message": "Exception in datagram_received/error_received",
-                        "exception": exc,
-                        "transport": self,
-                        "protocol": protocol,
-                    }
-                )
+                self._report(exc, "Exception in datagram_received/error_received")
 
     def _error_received(self, exc: OSError) -> None:
         try:
@@ -424,14 +410,7 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as err:
-            self._loop.call_exception_handler(
-                {
-                    "message": "Exception in error_received",
-                    "exception": err,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report(err, "Exception in error_received")
 
     # --------------------------------------------------------------------------------- timers
     def _arm_timer(self) -> None:
@@ -463,14 +442,7 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         if isinstance(exc, OSError):
             logger.debug("%r: %s", self, message, exc_info=True)
         else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report(exc, message)
         self._force_close(exc)
 
     def _force_close(self, exc: BaseException | None) -> None:
