@@ -19,8 +19,36 @@ import errno
 import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
+from rawtransport.engine_types import (
+    ALWAYS_JOINED,
+    ARPHRD_ETHER,
+    ARPHRD_LOOPBACK,
+    CSUM_VOUCHED,
+    LBCAST4,
+    MAX_UDP4_PAYLOAD,
+    MAX_UDP6_PAYLOAD,
+    PACKET_BROADCAST,
+    PACKET_HOST,
+    PACKET_MULTICAST,
+    PACKET_OTHERHOST,
+    PACKET_OUTGOING,
+    TP_STATUS_CSUM_VALID,
+    TP_STATUS_CSUMNOTREADY,
+    TP_STATUS_VLAN_VALID,
+    V4MAPPED_PREFIX,
+    V6_LOOPBACK,
+    ZERO4,
+    DatagramReceived,
+    EndpointConfig,
+    ErrorReceived,
+    Event,
+    FrameMeta,
+    OutgoingFrame,
+    ipv6_text,
+    v4_loopback,
+    v4_martian_source,
+)
 from rawtransport.errors import MalformedPacketError
 from rawtransport.neighbour import NeighbourCache
 from rawtransport.packet import (
@@ -42,8 +70,20 @@ from rawtransport.packet import (
 from rawtransport.reassembly import Reassembler, udp_datagram
 from rawtransport.route import LocalAddresses, Route, RouteKind
 
+# The values are defined in engine_types and re-exported here, where callers have always found them.
 __all__ = [
+    "ARPHRD_ETHER",
+    "ARPHRD_LOOPBACK",
+    "PACKET_BROADCAST",
+    "PACKET_HOST",
+    "PACKET_MULTICAST",
+    "PACKET_OTHERHOST",
+    "PACKET_OUTGOING",
+    "TP_STATUS_CSUMNOTREADY",
+    "TP_STATUS_CSUM_VALID",
+    "TP_STATUS_VLAN_VALID",
     "DatagramReceived",
+    "Event",
     "EndpointConfig",
     "ErrorReceived",
     "FrameMeta",
@@ -51,91 +91,8 @@ __all__ = [
     "UdpEngine",
 ]
 
-# Link-layer facts from PACKET_AUXDATA / the ring's tpacket header (linux/if_packet.h).
-PACKET_HOST = 0
-PACKET_BROADCAST = 1
-PACKET_MULTICAST = 2
-PACKET_OTHERHOST = 3
-PACKET_OUTGOING = 4
-TP_STATUS_CSUMNOTREADY = 0x08
-TP_STATUS_VLAN_VALID = 0x10
-TP_STATUS_CSUM_VALID = 0x80
-# The kernel vouches for the L4 checksum: either it was never computed because the frame is local and
-# offloaded (CHECKSUM_PARTIAL, RAWPATH.md trap 1), or the device already verified it.
-_CSUM_VOUCHED = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
-
-ARPHRD_ETHER = 1
-ARPHRD_LOOPBACK = 772
-
-# Largest UDP payloads: 65535 - 20 (IPv4 header) - 8; IPv6's payload-length field bounds it to 65535 - 8.
-MAX_UDP4_PAYLOAD = 65507
-MAX_UDP6_PAYLOAD = 65527
-
 _ZERO_MAC = bytes(6)
 _ADDR_CACHE_MAX = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class FrameMeta:
-    """What the link layer says about a received frame (``PACKET_AUXDATA`` or the ring header)."""
-
-    ifindex: int
-    pkttype: int = PACKET_HOST
-    status: int = 0
-    hatype: int = ARPHRD_ETHER
-    truncated: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointConfig:
-    """The endpoint's identity: what the kernel socket would have been bound and connected to.
-
-    ``family`` is 4 or 6. ``local_ip`` ``None`` means bound to the wildcard address. ``dual_stack``: an
-    IPv6 wildcard socket without ``IPV6_V6ONLY`` also receives IPv4, as v4-mapped addresses.
-    ``reassemble``: put fragmented datagrams back together (else drop and count their fragments).
-    """
-
-    family: int
-    local_port: int
-    local_ip: bytes | None = None
-    remote_ip: bytes | None = None
-    remote_port: int | None = None
-    allow_broadcast: bool = False
-    dual_stack: bool = False
-    ttl: int = 64
-    multicast_ttl: int = 1
-    # Reassemble IPv4/IPv6 fragments as ip_defrag()/ipv6_frag_rcv() do (see reassembly.py); when
-    # false, fragments are dropped and counted as ``ipv4_fragment``/``ipv6_fragment``.
-    reassemble: bool = True
-
-
-class DatagramReceived(NamedTuple):
-    """A datagram for the protocol, with the address tuple a kernel UDP socket would have given.
-
-    A NamedTuple rather than a frozen dataclass: one is made per datagram, and a frozen
-    dataclass's ``__init__`` (``object.__setattr__`` per field) costs several times more.
-    """
-
-    data: bytes
-    addr: tuple[str, int] | tuple[str, int, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorReceived:
-    """An error the kernel would have reported on the socket (e.g. EHOSTUNREACH on a connected one)."""
-
-    exc: OSError
-
-
-class OutgoingFrame(NamedTuple):
-    """A frame to write to ``ifindex``; ``size`` is the payload size it carries, for buffer accounting.
-
-    A NamedTuple for the same reason as :class:`DatagramReceived`: one per frame sent.
-    """
-
-    frame: bytes
-    ifindex: int
-    size: int
 
 
 @dataclass(slots=True)
@@ -145,9 +102,6 @@ class _Pending:
     frames: list[bytearray]
     ifindex: int
     size: int
-
-
-Event = DatagramReceived | ErrorReceived
 
 
 @dataclass
@@ -161,17 +115,6 @@ class _Counters:
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
-
-
-def _v4_martian_source(src: bytes) -> bool:
-    # ip_route_input_slow(): multicast (224/4), the limited broadcast and 0.0.0.0 are martian
-    # sources. Since Linux 5.14 ipv4_is_zeronet() is "addr == 0" only, and class E (240/4) is not
-    # refused: both were seen delivered on 6.18 (tests/net/test_differential.py).
-    return 224 <= src[0] < 240 or src in (_ZERO4, _LBCAST4)
-
-
-def _v4_loopback(addr: bytes) -> bool:
-    return addr[0] == 127
 
 
 class UdpEngine:
@@ -262,7 +205,7 @@ class UdpEngine:
                 self._receive_neighbour(frame, meta, now)
                 return
         try:
-            d = parse_udp(frame, verify_udp_checksum=not (meta.status & _CSUM_VOUCHED))
+            d = parse_udp(frame, verify_udp_checksum=not (meta.status & CSUM_VOUCHED))
         except MalformedPacketError as exc:
             if self._reasm is not None and exc.reason in _FRAGMENT_REASONS:
                 # Off the hot path: only frames the parser refused as fragments get here.
@@ -320,15 +263,15 @@ class UdpEngine:
                 return "wrong_family"
             # ip_route_input_slow(): "if (ipv4_is_lbcast(daddr) || (saddr == 0 && daddr == 0))
             # goto brd_input" comes before the martian checks: DHCP's 0.0.0.0 -> 255.255.255.255.
-            brd_input = src == _ZERO4 and dst in (_LBCAST4, _ZERO4)
+            brd_input = src == ZERO4 and dst in (LBCAST4, ZERO4)
             if brd_input:
                 pass
-            elif _v4_martian_source(src):
+            elif v4_martian_source(src):
                 return "martian_source"
-            if not loopback_dev and (_v4_loopback(src) or _v4_loopback(dst)):
+            if not loopback_dev and (v4_loopback(src) or v4_loopback(dst)):
                 # ip_route_input_slow(): 127/8 on a non-loopback device is martian (route_localnet=0).
-                return "martian_source" if _v4_loopback(src) else "martian_destination"
-            if dst == _ZERO4 and not brd_input:
+                return "martian_source" if v4_loopback(src) else "martian_destination"
+            if dst == ZERO4 and not brd_input:
                 return "martian_destination"
             if not loopback_dev and self._local.is_local(src):
                 # fib_validate_source(): our own address as source from the wire.
@@ -339,9 +282,9 @@ class UdpEngine:
             if src[0] == 0xFF:
                 # ip6_rcv_core(): multicast source (RFC 4291 2.7).
                 return "martian_source"
-            if not loopback_dev and _V6_LOOPBACK in (src, dst):
+            if not loopback_dev and V6_LOOPBACK in (src, dst):
                 # ip6_rcv_core(): ::1 must never arrive from a wire (RFC 4291 2.5.3).
-                return "martian_source" if src == _V6_LOOPBACK else "martian_destination"
+                return "martian_source" if src == V6_LOOPBACK else "martian_destination"
             if dst[0] == 0xFF and (dst[1] & 0x0F) in (0, 1) and not loopback_dev:
                 # ip6_rcv_core(): reserved-scope and interface-local multicast from a wire.
                 return "martian_destination"
@@ -357,13 +300,13 @@ class UdpEngine:
             brd_input
             or self._local.is_local(dst)
             or (family == 4 and self._local.is_broadcast(dst))
-            or dst in _ALWAYS_JOINED
+            or dst in ALWAYS_JOINED
         ):
             return "not_local"
         if cfg.remote_ip is not None:
             remote = cfg.remote_ip
             if family == 4 and cfg.family == 6:
-                remote = remote[12:] if remote[:12] == _V4MAPPED_PREFIX else b""
+                remote = remote[12:] if remote[:12] == V4MAPPED_PREFIX else b""
             if src != remote or sport != cfg.remote_port:
                 return "wrong_peer"
         return None
@@ -378,10 +321,10 @@ class UdpEngine:
                 addr = (str(ipaddress.IPv4Address(src)), port)
             else:
                 if len(src) == 4:
-                    src = _V4MAPPED_PREFIX + src
+                    src = V4MAPPED_PREFIX + src
                 # recvfrom() fills sin6_scope_id only for link-local sources (ipv6_iface_scope_id()).
                 scope = meta.ifindex if src[0] == 0xFE and (src[1] & 0xC0) == 0x80 else 0
-                addr = (_ipv6_text(src), port, 0, scope)
+                addr = (ipv6_text(src), port, 0, scope)
             if len(self._addr_cache) >= _ADDR_CACHE_MAX:
                 self._addr_cache.clear()
             self._addr_cache[key] = addr
@@ -692,28 +635,5 @@ class UdpEngine:
         self._counters.drop(reason, n)
 
 
-_V6_LOOPBACK = bytes(15) + b"\x01"
 _UNICAST = RouteKind.UNICAST
-_ZERO4 = bytes(4)
-_LBCAST4 = b"\xff\xff\xff\xff"
-# Groups every multicast-capable interface has joined (RFC 1112 all-hosts, RFC 4291 all-nodes): a
-# wildcard socket receives them (IP_MULTICAST_ALL / IPV6_MULTICAST_ALL default to 1).
-_ALWAYS_JOINED = frozenset(
-    {bytes([224, 0, 0, 1]), bytes.fromhex("ff020000000000000000000000000001")}
-)
-
-
-def _ipv6_text(addr: bytes) -> str:
-    """IPv6 text as glibc's inet_ntop() writes it (what recvfrom() gives a kernel socket's user):
-    ``::ffff:198.18.0.2`` for v4-mapped and ``::198.18.0.2`` for IPv4-compatible addresses, where
-    ``ipaddress`` (before Python 3.13) writes hex words."""
-    if addr[:12] == _V4MAPPED_PREFIX:
-        return "::ffff:" + ".".join(str(b) for b in addr[12:])
-    if addr[:12] == bytes(12) and addr[12:14] != b"\0\0":
-        return "::" + ".".join(str(b) for b in addr[12:])
-    return str(ipaddress.IPv6Address(addr))
-
-
-# The codec's reasons for a frame that is a fragment (ip_is_fragment(), an IPv6 Fragment header).
 _FRAGMENT_REASONS = frozenset(("ipv4_fragment", "ipv6_fragment"))
-_V4MAPPED_PREFIX = bytes(10) + b"\xff\xff"

@@ -16,7 +16,7 @@ from typing import Final
 
 from rawtransport.bpf import Program
 from rawtransport.bpf_filter import drop_all
-from rawtransport.engine import FrameMeta
+from rawtransport.engine_types import FrameMeta
 from rawtransport.ring import frame_meta
 
 __all__ = [

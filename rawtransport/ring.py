@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from rawtransport.engine import FrameMeta
+from rawtransport.engine_types import FrameMeta
 from rawtransport.errors import MalformedPacketError
 
 __all__ = [

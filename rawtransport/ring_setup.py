@@ -36,7 +36,7 @@ from typing import Final
 
 from rawtransport.bpf import Program
 from rawtransport.bpf_filter import drop_all
-from rawtransport.engine import FrameMeta
+from rawtransport.engine_types import FrameMeta
 from rawtransport.link import (
     ETH_P_ALL,
     PACKET_IGNORE_OUTGOING,
