@@ -156,7 +156,7 @@ class RawUdpEndpoint:
         interface: int | None,
         qdisc_bypass: bool,
         home_ifindex: int | None = None,
-        tx_mode: str = "ring",
+        tx_mode: str = "direct",
     ) -> None:
         if tx_mode not in TX_MODES:
             raise ValueError(f"tx_mode must be one of {TX_MODES}, not {tx_mode!r}")
@@ -202,7 +202,7 @@ class RawUdpEndpoint:
         kernel_bypass: bool = False,
         busy_poll: int | None = None,
         spin_us: int | None = None,
-        tx_mode: str = "ring",
+        tx_mode: str = "direct",
     ) -> RawUdpEndpoint:
         """Build the endpoint around a bound (and maybe connected) guard UDP socket.
 

@@ -6,6 +6,10 @@ with ``call_soon``; ``OSError`` from a send goes to ``error_received``; anything
 ``_fatal_error`` and exactly one ``connection_lost``; data is buffered on EAGAIN with flow control. Only
 public loop APIs (``add_reader``, ``add_writer``, ``call_soon``, ``call_at``) are used, so it runs on
 uvloop too. The transport only moves bytes; the protocol logic lives in the engine.
+
+With ``tx_mode="ring"`` (the default) writes are batched per loop iteration: ``sendto()`` buffers its
+frames and schedules one flush with ``call_soon``; the read and timer callbacks flush what they
+produced before returning. Each flush is one ``write_frames()`` call, one kick of the transmit ring.
 """
 
 from __future__ import annotations

@@ -156,6 +156,15 @@ PATHS: dict[str, PathSpec] = {
             rtt_count_cap=500,
         ),
         PathSpec(
+            "raw-direct-uvloop",
+            "raw ring, direct send, uvloop",
+            "uvloop",
+            "raw",
+            copies=2,
+            copies_note=_RING_NOTE + "; each sendto() writes its frame at once (tx_mode='direct')",
+            raw_options={"rx_mode": "ring", "tx_mode": "direct"},
+        ),
+        PathSpec(
             "raw-spin-uvloop",
             "raw ring + spin_us=100, uvloop",
             "uvloop",
