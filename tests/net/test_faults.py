@@ -22,6 +22,15 @@ from typing import Any
 import pytest
 
 import rawtransport
+from rawtransport.packet import (
+    ETH_P_IPV6,
+    IPPROTO_ICMPV6,
+    Ethernet,
+    Frame,
+    IPv6,
+    NeighborAdvertisement,
+    build_frame,
+)
 from tests.net.conformance import Peer, Recorder, a_ip, b_ip
 from tests.netns import VethPair, setns, tcpdump_b
 
@@ -285,19 +294,34 @@ def _arp_flood_frame(target_ip: bytes, target_mac: bytes) -> bytes:
     return target_mac + mac + b"\x08\x06" + arp
 
 
-def test_arp_flood_leaves_the_neighbour_cache_unchanged(veth: VethPair) -> None:
+def _nd_flood_frame(target_ip: bytes, target_mac: bytes) -> bytes:
+    # A solicited-looking neighbour advertisement (valid: hop limit 255, checksum right) for an
+    # address we never asked about, from a random MAC.
+    mac = bytes([0x02]) + random.randbytes(5)
+    sender = bytes.fromhex("20010db8ffff0000") + random.randbytes(8)
+    na = NeighborAdvertisement(sender, mac, router=False, solicited=True, override=True)
+    ip6 = IPv6(sender, target_ip, IPPROTO_ICMPV6, hop_limit=255)
+    return build_frame(Frame(Ethernet(target_mac, mac, ETH_P_IPV6), ip6, na, b""))
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_arp_nd_flood_leaves_the_neighbour_cache_unchanged(veth: VethPair, family: int) -> None:
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        t, p = await endpoint(veth, 4)
-        peer = Peer.create(veth, 4)
-        dest = (veth.ip4_b, peer.port)
+        t, p = await endpoint(veth, family)
+        peer = Peer.create(veth, family)
+        dest = (b_ip(veth, family), peer.port)
         assert await echo_once(t, peer, b"warm", dest) == b"warm"
         before = t.get_extra_info("stats")
         with setns(veth.ns_b):
             raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         raw.bind((veth.if_b, 0))
         target_mac = bytes.fromhex(veth.mac_a.replace(":", ""))
+        target_ip = socket.inet_pton(
+            socket.AF_INET if family == 4 else socket.AF_INET6, a_ip(veth, family)
+        )
+        make = _arp_flood_frame if family == 4 else _nd_flood_frame
         for _ in range(500):
-            raw.send(_arp_flood_frame(socket.inet_aton(veth.ip4_a), target_mac))
+            raw.send(make(target_ip, target_mac))
         raw.close()
         await wait_until(
             lambda: t.get_extra_info("stats")["neighbour"]["unsolicited"] >= 500, "flood seen"
