@@ -503,6 +503,8 @@ def _open_endpoint(
     qdisc_bypass: bool,
     rcvbuf: int | None,
     rx_mode: str,
+    tx_mode: str,
+    kernel_bypass: bool,
 ) -> RawUdpEndpoint:
     guard = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -528,6 +530,8 @@ def _open_endpoint(
             qdisc_bypass=qdisc_bypass,
             rcvbuf=rcvbuf,
             rx_mode=rx_mode,
+            tx_mode=tx_mode,
+            kernel_bypass=kernel_bypass,
         )
     except BaseException:
         guard.close()
@@ -559,6 +563,8 @@ async def create_raw_udp_socket(
     qdisc_bypass: bool = False,
     rcvbuf: int | None = None,
     rx_mode: str = "ring",
+    tx_mode: str = "direct",
+    kernel_bypass: bool = False,
 ) -> RawUDPSocket:
     """``anyio.create_udp_socket()`` on the raw path. Needs CAP_NET_RAW.
 
@@ -566,8 +572,8 @@ async def create_raw_udp_socket(
     (``reuse_port=True`` raises ``ValueError``: a packet socket is a tap, two would both get every
     datagram). Raw-path knobs: ``interface`` (receive and send on this link only),
     ``allow_broadcast`` (``SO_BROADCAST``), ``receive_queue`` (datagrams held for ``receive()``, the
-    newest dropped beyond it), ``qdisc_bypass``, ``rcvbuf`` and ``rx_mode`` (as for
-    ``create_raw_datagram_endpoint()``: ``"ring"``, ``"bulk"`` or ``"recv"``).
+    newest dropped beyond it), ``qdisc_bypass``, ``rcvbuf``, ``rx_mode``, ``tx_mode`` and
+    ``kernel_bypass`` (as for ``create_raw_datagram_endpoint()``).
     """
     if family is AddressFamily.AF_UNSPEC and not local_host:
         raise ValueError('Either "family" or "local_host" must be given')
@@ -591,6 +597,8 @@ async def create_raw_udp_socket(
         qdisc_bypass=qdisc_bypass,
         rcvbuf=rcvbuf,
         rx_mode=rx_mode,
+        tx_mode=tx_mode,
+        kernel_bypass=kernel_bypass,
     )
     return await _finish(RawUDPSocket(endpoint, receive_queue=receive_queue))
 
@@ -609,6 +617,8 @@ async def create_raw_connected_udp_socket(
     qdisc_bypass: bool = False,
     rcvbuf: int | None = None,
     rx_mode: str = "ring",
+    tx_mode: str = "direct",
+    kernel_bypass: bool = False,
 ) -> RawConnectedUDPSocket:
     """``anyio.create_connected_udp_socket()`` on the raw path. Needs CAP_NET_RAW.
 
@@ -641,5 +651,7 @@ async def create_raw_connected_udp_socket(
         qdisc_bypass=qdisc_bypass,
         rcvbuf=rcvbuf,
         rx_mode=rx_mode,
+        tx_mode=tx_mode,
+        kernel_bypass=kernel_bypass,
     )
     return await _finish(RawConnectedUDPSocket(endpoint, receive_queue=receive_queue))
