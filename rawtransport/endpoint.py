@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from rawtransport.bpf import Program
+from rawtransport.addresses import parse_address
 from rawtransport.bpf_filter import endpoint_filter
 from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
-from rawtransport.link import PacketReceiver, PacketSender
+from rawtransport.link import PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
 from rawtransport.nft import BypassSpec, NftBypass, NftError
-from rawtransport.ring_setup import RingReceiver, TxRing
+from rawtransport.ring_setup import RX_MODES, Receiver, TxRing, open_receiver
 from rawtransport.route import (
     LOOPBACK_IFINDEX,
     LinkInfo,
@@ -31,9 +31,9 @@ from rawtransport.route import (
     RouteKind,
 )
 
+# parse_address, open_receiver and RX_MODES are re-exported: callers found them here first.
 __all__ = ["RX_MODES", "TX_MODES", "RawUdpEndpoint", "open_receiver", "parse_address"]
 
-Receiver = PacketReceiver | RingReceiver
 Sender = PacketSender | TxRing
 
 #: ``tx_mode`` values: ``"ring"`` (a PACKET_TX_RING per interface, one ``send()`` per batch) or
@@ -54,92 +54,6 @@ _MAX_SPIN_US = 10_000
 
 def _family_number(family: int) -> int:
     return 4 if family == socket.AF_INET else 6
-
-
-def parse_address(
-    addr: Any, family: int, cache: dict[tuple[Any, ...], tuple[bytes, int]] | None = None
-) -> tuple[bytes, int]:
-    """Turn a ``sendto`` address into (raw IP bytes, port) the way a UDP socket would.
-
-    Raises what ``socket.sendto`` raises for the same argument: ``TypeError`` for a malformed address,
-    ``OverflowError`` for a port out of range, ``socket.gaierror`` for a name that does not resolve.
-    """
-    if cache is not None:
-        try:
-            return cache[addr]
-        except (KeyError, TypeError):
-            pass
-    if not isinstance(addr, tuple) or len(addr) < 2:
-        kind = "AF_INET" if family == socket.AF_INET else "AF_INET6"
-        raise TypeError(f"{kind} address must be tuple, not {type(addr).__name__}")
-    if (family == socket.AF_INET and len(addr) != 2) or (
-        family == socket.AF_INET6 and len(addr) > 4
-    ):
-        raise TypeError(f"address tuple of the wrong length: {addr!r}")
-    host, port = addr[0], addr[1]
-    if not isinstance(port, int) or isinstance(port, bool):
-        raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
-    if not 0 <= port <= 0xFFFF:
-        raise OverflowError("sendto(): port must be 0-65535.")
-    if not isinstance(host, str):
-        raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
-    try:
-        raw = socket.inet_pton(family, host)
-    except OSError:
-        # A name: resolve it as socket.sendto() would (blocking getaddrinfo), first answer wins.
-        info = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
-        raw = socket.inet_pton(family, str(info[0][4][0]).split("%")[0])
-    result = (raw, port)
-    if cache is not None and len(cache) < 4096:
-        cache[addr] = result
-    return result
-
-
-RX_MODES = ("ring", "bulk", "recv")
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(n - 1, 1).bit_length()
-
-
-def open_receiver(
-    program: Program, rx_mode: str, *, ifindex: int, rcvbuf: int | None, mtu: int
-) -> Receiver:
-    """The receiving packet socket for ``rx_mode`` (see ``create_raw_datagram_endpoint``).
-
-    Ring slots are sized for ``mtu``; a larger frame (loopback's, or after an MTU increase) is still
-    delivered whole through the TPACKET_V2 copy path (``PACKET_COPY_THRESH``).
-    """
-    if rx_mode == "recv":
-        return PacketReceiver(program, ifindex=ifindex, rcvbuf=rcvbuf)
-    if rx_mode not in RX_MODES:
-        raise ValueError(f"rx_mode must be one of {RX_MODES}, not {rx_mode!r}")
-    # Link header, a VLAN tag, the tpacket header and the sockaddr_ll before the frame.
-    frame = max(2048, _pow2_at_least(mtu + 18 + 128))
-    if rx_mode == "ring":
-        # TPACKET_V2: every frame is handed over on its own, at once (the latency mode).
-        block = max(65536, frame)
-        count = max(64 * frame // block, (4 << 20) // block)
-        return RingReceiver(
-            program,
-            ifindex=ifindex,
-            version=2,
-            block_size=block,
-            block_count=count,
-            frame_size=frame,
-            rcvbuf=rcvbuf,
-        )
-    # TPACKET_V3: frames are handed over a block at a time (when full or when its 1 ms timer
-    # fires): fewer wake-ups for bulk receive, up to a millisecond more latency (PERF.md).
-    block = max(1 << 20, frame)
-    return RingReceiver(
-        program,
-        ifindex=ifindex,
-        version=3,
-        block_size=block,
-        block_count=max(8, (8 << 20) // block),
-        rcvbuf=rcvbuf,
-    )
 
 
 class RawUdpEndpoint:

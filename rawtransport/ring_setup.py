@@ -43,6 +43,7 @@ from rawtransport.link import (
     PACKET_QDISC_BYPASS,
     PACKET_STATISTICS,
     SOL_PACKET,
+    PacketReceiver,
     PacketSender,
     SocketReader,
     attach_filter,
@@ -52,7 +53,7 @@ from rawtransport.link import (
 from rawtransport.ring import TP_STATUS_COPY, RingGeometry, V2Walker, V3Walker, frame_meta
 from rawtransport.tx_ring import TX_DATA_OFFSET, TxRingWriter
 
-__all__ = ["RingReceiver", "TxRing", "default_geometry", "tx_geometry"]
+__all__ = ["RX_MODES", "open_receiver", "RingReceiver", "TxRing", "default_geometry", "tx_geometry"]
 
 PACKET_RX_RING: Final = 5
 PACKET_COPY_THRESH: Final = 7
@@ -410,3 +411,52 @@ class TxRing:
         if self._direct is not None:
             self._direct.close()
         self.sock.close()
+
+
+Receiver = PacketReceiver | RingReceiver
+
+RX_MODES = ("ring", "bulk", "recv")
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 1).bit_length()
+
+
+def open_receiver(
+    program: Program, rx_mode: str, *, ifindex: int, rcvbuf: int | None, mtu: int
+) -> Receiver:
+    """The receiving packet socket for ``rx_mode`` (see ``create_raw_datagram_endpoint``).
+
+    Ring slots are sized for ``mtu``; a larger frame (loopback's, or after an MTU increase) is still
+    delivered whole through the TPACKET_V2 copy path (``PACKET_COPY_THRESH``).
+    """
+    if rx_mode == "recv":
+        return PacketReceiver(program, ifindex=ifindex, rcvbuf=rcvbuf)
+    if rx_mode not in RX_MODES:
+        raise ValueError(f"rx_mode must be one of {RX_MODES}, not {rx_mode!r}")
+    # Link header, a VLAN tag, the tpacket header and the sockaddr_ll before the frame.
+    frame = max(2048, _pow2_at_least(mtu + 18 + 128))
+    if rx_mode == "ring":
+        # TPACKET_V2: every frame is handed over on its own, at once (the latency mode).
+        block = max(65536, frame)
+        count = max(64 * frame // block, (4 << 20) // block)
+        return RingReceiver(
+            program,
+            ifindex=ifindex,
+            version=2,
+            block_size=block,
+            block_count=count,
+            frame_size=frame,
+            rcvbuf=rcvbuf,
+        )
+    # TPACKET_V3: frames are handed over a block at a time (when full or when its 1 ms timer
+    # fires): fewer wake-ups for bulk receive, up to a millisecond more latency (PERF.md).
+    block = max(1 << 20, frame)
+    return RingReceiver(
+        program,
+        ifindex=ifindex,
+        version=3,
+        block_size=block,
+        block_count=max(8, (8 << 20) // block),
+        rcvbuf=rcvbuf,
+    )
