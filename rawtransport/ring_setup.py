@@ -72,6 +72,13 @@ _DEFAULTS: Final = {
 }
 
 
+def _map_ring(sock: socket.socket, geometry: RingGeometry) -> mmap.mmap:
+    """Map the ring the kernel just allocated (after PACKET_RX_RING / PACKET_TX_RING)."""
+    return mmap.mmap(
+        sock.fileno(), geometry.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+    )
+
+
 def default_geometry(
     version: int = 2,
     *,
@@ -144,12 +151,7 @@ class RingReceiver:
                 # size: slots can be sized for the wire's MTU, not for loopback's 64 KiB.
                 sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, geometry.request())
-            ring = mmap.mmap(
-                sock.fileno(),
-                geometry.size,
-                flags=mmap.MAP_SHARED,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE,
-            )
+            ring = _map_ring(sock, geometry)
             self._ring = ring
             self._view = memoryview(ring)
             self._walker: V2Walker | V3Walker = (
@@ -325,12 +327,7 @@ class TxRing:
             if qdisc_bypass:
                 sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
             sock.setsockopt(SOL_PACKET, PACKET_TX_RING, geometry.request())
-            ring = mmap.mmap(
-                sock.fileno(),
-                geometry.size,
-                flags=mmap.MAP_SHARED,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE,
-            )
+            ring = _map_ring(sock, geometry)
             self._ring = ring
             self._view = memoryview(ring)
             self.writer = TxRingWriter(self._view, geometry)
