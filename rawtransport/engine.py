@@ -63,6 +63,7 @@ from rawtransport.packet import (
     build_ipv6_fragments,
     build_neighbor_solicitation,
     build_udp,
+    build_udp_fast,
     multicast_mac,
     parse_frame,
     parse_udp,
@@ -399,21 +400,8 @@ class UdpEngine:
             # that fits the MTU. One header build, one frame, no intermediate copies.
             mac = self._neigh.reachable(route.ifindex, route.next_hop, now)
             if mac is not None and size + (28 if v4 else 48) <= route.mtu:
-                if v4:
-                    frame = build_udp(
-                        mac,
-                        route.src_mac,
-                        route.source,
-                        dst,
-                        self.config.local_port,
-                        dport,
-                        data,
-                        ttl=self.config.ttl,
-                    )
-                else:
-                    frame = build_udp(mac, route.src_mac, route.source, dst,
-                                      self.config.local_port, dport, data,
-                                      hop_limit=self.config.ttl)  # fmt: skip
+                frame = build_udp_fast(mac, route.src_mac, route.source, dst,
+                                       self.config.local_port, dport, data, self.config.ttl)  # fmt: skip
                 self._out.append(OutgoingFrame(frame, route.ifindex, size))
                 self._counters.sent += 1
                 return

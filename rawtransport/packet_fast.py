@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 
+from rawtransport.datapath import ACCEL
 from rawtransport.errors import MalformedPacketError
 from rawtransport.packet_types import (
     BROADCAST_MAC,
@@ -36,8 +37,11 @@ __all__ = [
     "build_ipv6_fragments",
     "build_neighbor_solicitation",
     "build_udp",
+    "build_udp_fast",
+    "build_udp_fast_py",
     "multicast_mac",
     "parse_udp",
+    "parse_udp_py",
     "solicited_node_address",
 ]
 
@@ -81,8 +85,11 @@ def _raw(data: Buffer) -> int:
 # Receive
 
 
-def parse_udp(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagram:
+def parse_udp_py(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagram:
     """Parse and check one Ethernet frame carrying a UDP datagram: the receive fast path.
+
+    This is the pure-Python reference; :func:`parse_udp` is the same function, accelerated by
+    the compiled datapath when it is built (:mod:`rawtransport.datapath`).
 
     Makes every receive check the kernel's IP and UDP input would make from the bytes alone and
     raises :class:`MalformedPacketError` with the reason listed in :mod:`rawtransport.packet`.
@@ -125,6 +132,22 @@ def parse_udp(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagram:
                     (data[0:6], data[6:12], None, 6, src, dst, sport, dport, data[62:end], hops),
                 )
     return _parse_udp_general(data, verify_udp_checksum)
+
+
+if ACCEL is None:
+    parse_udp = parse_udp_py
+    _payload_sum = _raw
+else:
+    _parse_fast = ACCEL.parse_udp_fast
+    # Congruent to _raw() modulo 0xFFFF, which is all build_udp() needs (tests/test_datapath.py).
+    _payload_sum = ACCEL.inet_sum
+
+    def parse_udp(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagram:
+        """:func:`parse_udp_py`, its common case in C: the same result for every input."""
+        d: UdpDatagram | None = _parse_fast(data, verify_udp_checksum)
+        if d is not None:
+            return d
+        return _parse_udp_general(data if type(data) is bytes else bytes(data), verify_udp_checksum)
 
 
 def _parse_udp_general(data: bytes, verify: bool) -> UdpDatagram:
@@ -315,7 +338,15 @@ def build_udp(
             addr_sum = _from_bytes(src, "big") + _from_bytes(dst, "big")
             hck = -(0x4500 + tos + tot + ident + flags + (ttl << 8) + IPPROTO_UDP + addr_sum)
             if udp_checksum:
-                usum = addr_sum + IPPROTO_UDP + ulen + src_port + dst_port + ulen + _raw(payload)
+                usum = (
+                    addr_sum
+                    + IPPROTO_UDP
+                    + ulen
+                    + src_port
+                    + dst_port
+                    + ulen
+                    + _payload_sum(payload)
+                )
                 uck = (-usum) % 0xFFFF or 0xFFFF
             else:
                 uck = 0
@@ -339,7 +370,7 @@ def build_udp(
             ulen = plen + 8
             usum = (
                 _from_bytes(src, "big") + _from_bytes(dst, "big") + IPPROTO_UDP + ulen
-                + src_port + dst_port + ulen + _raw(payload)
+                + src_port + dst_port + ulen + _payload_sum(payload)
             )  # fmt: skip
             uck = (-usum) % 0xFFFF or 0xFFFF
             vtf = 0x60000000 | (traffic_class << 20) | flow_label
@@ -358,6 +389,27 @@ def build_udp(
     except struct.error as exc:
         raise ValueError(f"header field out of range: {exc}") from None
     raise ValueError(f"IP addresses must be 4 or 16 bytes, got {alen}")
+
+
+def build_udp_fast_py(
+    eth_dst: bytes,
+    eth_src: bytes,
+    src: bytes,
+    dst: bytes,
+    src_port: int,
+    dst_port: int,
+    payload: Buffer,
+    ttl: int,
+) -> bytes:
+    """:func:`build_udp` with its defaults, ``ttl`` being the hop limit over IPv6: the frame of
+    the send fast path (a unicast next hop, no VLAN tag). The pure-Python reference of
+    :func:`build_udp_fast`, which the compiled datapath accelerates."""
+    if len(src) == 16:
+        return build_udp(eth_dst, eth_src, src, dst, src_port, dst_port, payload, hop_limit=ttl)
+    return build_udp(eth_dst, eth_src, src, dst, src_port, dst_port, payload, ttl=ttl)
+
+
+build_udp_fast = build_udp_fast_py if ACCEL is None else ACCEL.build_udp_fast
 
 
 def _eth_header(eth_dst: bytes, eth_src: bytes, ethertype: int, vlan_id: int | None) -> bytes:

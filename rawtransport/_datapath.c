@@ -1,0 +1,391 @@
+/*
+ * rawtransport._datapath: the compiled per-frame work of the receive and send paths.
+ *
+ * This module accelerates the pure-Python reference in packet_fast.py; it never replaces it.
+ * Every function here has a Python twin that is the specification, and
+ * tests/test_datapath.py feeds both the same bytes (hypothesis) and requires the same result.
+ * When this module is absent (no compiler at install time) or RAWTRANSPORT_PURE=1 is set, the
+ * Python twins run instead (rawtransport/datapath.py decides).
+ *
+ * The frame bytes come off the wire: they are the attacker's. Every offset and length read
+ * from them is checked against the buffer's length before the bytes it names are touched.
+ *
+ * C11, no dependency beyond the Python headers.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#define ETH_HLEN 14
+#define IPV4_HLEN 20
+#define IPV6_HLEN 40
+#define UDP_HLEN 8
+#define IPPROTO_UDP_ 17
+
+/* The UdpDatagram NamedTuple class (packet_types.py), handed over by datapath.py at import. */
+static PyTypeObject *udp_datagram_type;
+
+/*
+ * RFC 1071 sum of len bytes, folded to 16 bits (an odd last byte is the high byte of a
+ * zero-padded word, RFC 1071 4.1). The result is congruent modulo 0xFFFF to the integer that
+ * packet_fast._raw() computes, which is all its callers rely on.
+ */
+static uint32_t inet_sum(const uint8_t *p, size_t len)
+{
+	uint64_t sum = 0;
+	size_t i = 0;
+
+	/* Big-endian 16-bit words, four at a time: the carries wait in the upper 32 bits. */
+	for (; i + 8 <= len; i += 8)
+		sum += ((uint32_t)p[i] << 8 | p[i + 1]) + ((uint32_t)p[i + 2] << 8 | p[i + 3]) +
+		       ((uint32_t)p[i + 4] << 8 | p[i + 5]) + ((uint32_t)p[i + 6] << 8 | p[i + 7]);
+	for (; i + 2 <= len; i += 2)
+		sum += (uint32_t)p[i] << 8 | p[i + 1];
+	if (i < len)
+		sum += (uint32_t)p[i] << 8;
+	while (sum >> 16)
+		sum = (sum & 0xFFFF) + (sum >> 16);
+	return (uint32_t)sum;
+}
+
+/* x mod 0xFFFF == 0: the test packet_fast.py writes as ``... % 0xFFFF == 0``. */
+static int sum_is_zero(uint64_t x)
+{
+	return x % 0xFFFF == 0;
+}
+
+static inline unsigned be16(const uint8_t *p)
+{
+	return (unsigned)p[0] << 8 | p[1];
+}
+
+/* One UdpDatagram from its parts; steals nothing, returns a new reference or NULL. */
+static PyObject *make_datagram(const uint8_t *frame, int family, const uint8_t *src,
+			       const uint8_t *dst, Py_ssize_t alen, unsigned sport, unsigned dport,
+			       const uint8_t *payload, Py_ssize_t plen, unsigned ttl)
+{
+	PyObject *items[10];
+	PyObject *dg;
+	int i;
+
+	items[0] = PyBytes_FromStringAndSize((const char *)frame, 6);
+	items[1] = PyBytes_FromStringAndSize((const char *)frame + 6, 6);
+	items[2] = Py_NewRef(Py_None);
+	items[3] = PyLong_FromLong(family);
+	items[4] = PyBytes_FromStringAndSize((const char *)src, alen);
+	items[5] = PyBytes_FromStringAndSize((const char *)dst, alen);
+	items[6] = PyLong_FromUnsignedLong(sport);
+	items[7] = PyLong_FromUnsignedLong(dport);
+	items[8] = PyBytes_FromStringAndSize((const char *)payload, plen);
+	items[9] = PyLong_FromUnsignedLong(ttl);
+	for (i = 0; i < 10; i++)
+		if (items[i] == NULL)
+			goto fail;
+	/* A NamedTuple is a tuple subclass without __dict__: tp_alloc gives the tuple layout. */
+	dg = udp_datagram_type->tp_alloc(udp_datagram_type, 10);
+	if (dg == NULL)
+		goto fail;
+	for (i = 0; i < 10; i++)
+		PyTuple_SET_ITEM(dg, i, items[i]);
+	return dg;
+fail:
+	for (i = 0; i < 10; i++)
+		Py_XDECREF(items[i]);
+	return NULL;
+}
+
+/*
+ * The fast path of packet_fast.parse_udp(): Ethernet II, no tag, IPv4 without options or IPv6
+ * without extension headers, every check that path makes, in the same order. Returns the
+ * datagram, or Py_None when the path declines (the caller then runs the general path, which
+ * names the reason).
+ */
+static PyObject *parse_fast(const uint8_t *d, Py_ssize_t n, int verify)
+{
+	if (n >= ETH_HLEN + IPV4_HLEN + UDP_HLEN && d[12] == 0x08 && d[13] == 0x00 &&
+	    d[14] == 0x45) {
+		/* ip_rcv_core(): version 4, IHL 5 (checked above), tot_len within the frame. */
+		unsigned tot = be16(d + 16), frag = be16(d + 20), ttl = d[22], proto = d[23];
+		unsigned sport = be16(d + 34), dport = be16(d + 36);
+		unsigned ulen = be16(d + 38), csum = be16(d + 40);
+		Py_ssize_t end;
+
+		if (proto != IPPROTO_UDP_ || (frag & 0x3FFF) || tot < 28 ||
+		    (Py_ssize_t)tot > n - ETH_HLEN || ulen < 8 || ulen > tot - 20)
+			Py_RETURN_NONE;
+		if (!sum_is_zero(inet_sum(d + 14, IPV4_HLEN)))
+			Py_RETURN_NONE;
+		end = 34 + (Py_ssize_t)ulen; /* <= 14 + tot <= n */
+		/* __udp4_lib_rcv(): pseudo-header addresses at 26..34 run on into the segment. */
+		if (csum && verify &&
+		    !sum_is_zero((uint64_t)inet_sum(d + 26, (size_t)(end - 26)) + IPPROTO_UDP_ + ulen))
+			Py_RETURN_NONE;
+		return make_datagram(d, 4, d + 26, d + 30, 4, sport, dport, d + 42, end - 42, ttl);
+	}
+	if (n >= ETH_HLEN + IPV6_HLEN + UDP_HLEN && d[12] == 0x86 && d[13] == 0xDD &&
+	    (d[14] >> 4) == 6) {
+		unsigned plen = be16(d + 18), nh = d[20], hops = d[21];
+		unsigned sport = be16(d + 54), dport = be16(d + 56);
+		unsigned ulen = be16(d + 58), csum = be16(d + 60);
+		Py_ssize_t end;
+
+		/* ip6_rcv_core() / __udp6_lib_rcv(): plen within the frame, ulen within plen, and a
+		 * zero UDP checksum is refused (RFC 8200 8.1) by the general path. */
+		if (nh != IPPROTO_UDP_ || ulen < 8 || ulen > plen ||
+		    (Py_ssize_t)plen > n - (ETH_HLEN + IPV6_HLEN) || csum == 0)
+			Py_RETURN_NONE;
+		end = 54 + (Py_ssize_t)ulen; /* <= 54 + plen <= n */
+		if (verify &&
+		    !sum_is_zero((uint64_t)inet_sum(d + 22, (size_t)(end - 22)) + IPPROTO_UDP_ + ulen))
+			Py_RETURN_NONE;
+		return make_datagram(d, 6, d + 22, d + 38, 16, sport, dport, d + 62, end - 62, hops);
+	}
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(parse_udp_fast_doc,
+	     "parse_udp_fast(frame, verify_udp_checksum, /) -> UdpDatagram | None\n\n"
+	     "The fast path of packet_fast.parse_udp(); None where it declines.");
+
+static PyObject *py_parse_udp_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	Py_buffer view;
+	PyObject *result;
+	int verify;
+
+	(void)self;
+	if (nargs != 2) {
+		PyErr_SetString(PyExc_TypeError, "parse_udp_fast() takes 2 positional arguments");
+		return NULL;
+	}
+	if (udp_datagram_type == NULL) {
+		PyErr_SetString(PyExc_RuntimeError, "_datapath.init() was not called");
+		return NULL;
+	}
+	verify = PyObject_IsTrue(args[1]);
+	if (verify < 0)
+		return NULL;
+	if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+		return NULL;
+	result = parse_fast(view.buf, view.len, verify);
+	PyBuffer_Release(&view);
+	return result;
+}
+
+PyDoc_STRVAR(inet_sum_doc, "inet_sum(data, /) -> int\n\n"
+			   "RFC 1071 sum of data folded to 16 bits (not complemented); congruent\n"
+			   "modulo 0xFFFF to packet_fast._raw(data).");
+
+static PyObject *py_inet_sum(PyObject *self, PyObject *arg)
+{
+	Py_buffer view;
+	uint32_t sum;
+
+	(void)self;
+	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+		return NULL;
+	sum = inet_sum(view.buf, (size_t)view.len);
+	PyBuffer_Release(&view);
+	return PyLong_FromUnsignedLong(sum);
+}
+
+/* Byte-order stores for build_fast(). */
+static inline void put16(uint8_t *p, unsigned v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static int get_u16(PyObject *o, const char *what, unsigned *out)
+{
+	unsigned long v = PyLong_AsUnsignedLong(o);
+
+	if (v == (unsigned long)-1 && PyErr_Occurred()) {
+		if (PyErr_ExceptionMatches(PyExc_OverflowError) ||
+		    PyErr_ExceptionMatches(PyExc_TypeError)) {
+			PyErr_Clear();
+			PyErr_Format(PyExc_ValueError, "%s out of range", what);
+		}
+		return -1;
+	}
+	if (v > 0xFFFF) {
+		PyErr_Format(PyExc_ValueError, "%s out of range", what);
+		return -1;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+/*
+ * The UDP header at f + u and the payload after it; the checksum covers the pseudo-header's
+ * addresses (the alen * 2 bytes before the UDP header, as both IP headers lay them out),
+ * protocol and length, then the segment. RFC 768: a computed 0 goes out as all ones.
+ */
+static void put_udp(uint8_t *f, Py_ssize_t u, Py_ssize_t alen, unsigned sport, unsigned dport,
+		    const void *payload, Py_ssize_t plen)
+{
+	uint32_t s, ulen = (uint32_t)(plen + UDP_HLEN);
+
+	put16(f + u, sport);
+	put16(f + u + 2, dport);
+	put16(f + u + 4, ulen);
+	put16(f + u + 6, 0);
+	memcpy(f + u + UDP_HLEN, payload, (size_t)plen);
+	s = inet_sum(f + u - 2 * alen, (size_t)(2 * alen) + ulen) + IPPROTO_UDP_ + ulen;
+	while (s >> 16)
+		s = (s & 0xFFFF) + (s >> 16);
+	put16(f + u + 6, (~s & 0xFFFF) ? (~s & 0xFFFF) : 0xFFFF);
+}
+
+/* Ethernet header at f: destination and source MAC from the buffers, then the ethertype. */
+static void put_eth(uint8_t *f, const Py_buffer *dst, const Py_buffer *src, unsigned ethertype)
+{
+	memcpy(f, dst->buf, 6);
+	memcpy(f + 6, src->buf, 6);
+	put16(f + 12, ethertype);
+}
+
+/*
+ * build_udp() of packet_fast.py for the send fast path's case: no VLAN tag, TOS/traffic class
+ * 0, IPv4 identification 0 with DF set, flow label 0, the UDP checksum always computed. The
+ * frame is written once into the bytes object that is returned.
+ */
+PyDoc_STRVAR(build_udp_fast_doc,
+	     "build_udp_fast(eth_dst, eth_src, src, dst, src_port, dst_port, payload, ttl, /)\n"
+	     "    -> bytes\n\n"
+	     "packet_fast.build_udp() with its defaults (ttl is the IPv6 hop limit over IPv6).");
+
+static PyObject *py_build_udp_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	Py_buffer b[5]; /* eth_dst, eth_src, src, dst, payload */
+	static const int bi[5] = {0, 1, 2, 3, 6};
+	unsigned sport, dport, ttl;
+	PyObject *out = NULL;
+	int got = 0, i;
+
+	(void)self;
+	if (nargs != 8) {
+		PyErr_SetString(PyExc_TypeError, "build_udp_fast() takes 8 positional arguments");
+		return NULL;
+	}
+	if (get_u16(args[4], "source port", &sport) < 0 ||
+	    get_u16(args[5], "destination port", &dport) < 0 || get_u16(args[7], "TTL", &ttl) < 0)
+		return NULL;
+	if (ttl > 0xFF) {
+		PyErr_SetString(PyExc_ValueError, "TTL out of range");
+		return NULL;
+	}
+	for (; got < 5; got++)
+		if (PyObject_GetBuffer(args[bi[got]], &b[got], PyBUF_SIMPLE) < 0)
+			goto done;
+	if (b[0].len != 6 || b[1].len != 6) {
+		PyErr_SetString(PyExc_ValueError, "MAC addresses must be 6 bytes");
+		goto done;
+	}
+	if (b[2].len != b[3].len) {
+		PyErr_SetString(PyExc_ValueError, "source and destination addresses of different families");
+		goto done;
+	}
+	if (b[2].len == 4) {
+		Py_ssize_t plen = b[4].len, tot = plen + UDP_HLEN + IPV4_HLEN;
+		uint8_t *f;
+
+		if (plen > 65535 - IPV4_HLEN - UDP_HLEN) {
+			PyErr_Format(PyExc_ValueError, "UDP payload of %zd bytes exceeds 65507 over IPv4",
+				     plen);
+			goto done;
+		}
+		out = PyBytes_FromStringAndSize(NULL, ETH_HLEN + tot);
+		if (out == NULL)
+			goto done;
+		f = (uint8_t *)PyBytes_AS_STRING(out);
+		put_eth(f, &b[0], &b[1], 0x0800);
+		f[14] = 0x45;
+		f[15] = 0;
+		put16(f + 16, (unsigned)tot);
+		put16(f + 18, 0);
+		put16(f + 20, 0x4000); /* DF */
+		f[22] = (uint8_t)ttl;
+		f[23] = IPPROTO_UDP_;
+		put16(f + 24, 0);
+		memcpy(f + 26, b[2].buf, 4);
+		memcpy(f + 30, b[3].buf, 4);
+		put16(f + 24, ~inet_sum(f + 14, IPV4_HLEN) & 0xFFFF);
+		put_udp(f, 34, 4, sport, dport, b[4].buf, plen);
+	} else if (b[2].len == 16) {
+		Py_ssize_t plen = b[4].len, ulen = plen + UDP_HLEN;
+		uint8_t *f;
+
+		if (plen > 65535 - UDP_HLEN) {
+			PyErr_Format(PyExc_ValueError, "UDP payload of %zd bytes exceeds 65527 over IPv6",
+				     plen);
+			goto done;
+		}
+		out = PyBytes_FromStringAndSize(NULL, ETH_HLEN + IPV6_HLEN + ulen);
+		if (out == NULL)
+			goto done;
+		f = (uint8_t *)PyBytes_AS_STRING(out);
+		put_eth(f, &b[0], &b[1], 0x86DD);
+		put16(f + 14, 0x6000);
+		put16(f + 16, 0);
+		put16(f + 18, (unsigned)ulen);
+		f[20] = IPPROTO_UDP_;
+		f[21] = (uint8_t)ttl;
+		memcpy(f + 22, b[2].buf, 16);
+		memcpy(f + 38, b[3].buf, 16);
+		put_udp(f, 54, 16, sport, dport, b[4].buf, plen);
+	} else {
+		PyErr_Format(PyExc_ValueError, "IP addresses must be 4 or 16 bytes, got %zd", b[2].len);
+	}
+done:
+	for (i = 0; i < got; i++)
+		PyBuffer_Release(&b[i]);
+	return out;
+}
+
+PyDoc_STRVAR(init_doc, "init(udp_datagram_type, /)\n\n"
+		       "Hand over the UdpDatagram class the parser returns instances of.");
+
+static PyObject *py_init(PyObject *self, PyObject *arg)
+{
+	PyTypeObject *type;
+
+	(void)self;
+	if (!PyType_Check(arg) || !PyType_IsSubtype((PyTypeObject *)arg, &PyTuple_Type)) {
+		PyErr_SetString(PyExc_TypeError, "init() needs a tuple subclass");
+		return NULL;
+	}
+	type = (PyTypeObject *)arg;
+	/* make_datagram() fills the tuple's items directly: no __dict__, no extra slots. */
+	if (type->tp_basicsize != PyTuple_Type.tp_basicsize || type->tp_dictoffset != 0) {
+		PyErr_SetString(PyExc_TypeError, "init() needs a tuple subclass with __slots__ = ()");
+		return NULL;
+	}
+	Py_XSETREF(udp_datagram_type, (PyTypeObject *)Py_NewRef(arg));
+	Py_RETURN_NONE;
+}
+
+static PyMethodDef datapath_methods[] = {
+	{"init", py_init, METH_O, init_doc},
+	{"inet_sum", py_inet_sum, METH_O, inet_sum_doc},
+	{"build_udp_fast", (PyCFunction)(void (*)(void))py_build_udp_fast, METH_FASTCALL,
+	 build_udp_fast_doc},
+	{"parse_udp_fast", (PyCFunction)(void (*)(void))py_parse_udp_fast, METH_FASTCALL,
+	 parse_udp_fast_doc},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef datapath_module = {
+	PyModuleDef_HEAD_INIT,
+	.m_name = "rawtransport._datapath",
+	.m_doc = "The compiled per-frame work of rawtransport (see packet_fast.py, its reference).",
+	.m_size = -1,
+	.m_methods = datapath_methods,
+};
+
+PyMODINIT_FUNC PyInit__datapath(void)
+{
+	return PyModule_Create(&datapath_module);
+}

@@ -1,0 +1,19 @@
+# The compiled datapath (_datapath.c); the pure-Python references are in packet_fast.py.
+from rawtransport.packet_types import UdpDatagram
+
+_Buffer = bytes | bytearray | memoryview
+
+def init(udp_datagram_type: type[UdpDatagram], /) -> None: ...
+def inet_sum(data: _Buffer, /) -> int: ...
+def parse_udp_fast(frame: _Buffer, verify_udp_checksum: bool, /) -> UdpDatagram | None: ...
+def build_udp_fast(
+    eth_dst: _Buffer,
+    eth_src: _Buffer,
+    src: _Buffer,
+    dst: _Buffer,
+    src_port: int,
+    dst_port: int,
+    payload: _Buffer,
+    ttl: int,
+    /,
+) -> bytes: ...
