@@ -35,18 +35,42 @@ static PyTypeObject *udp_datagram_type;
 static uint32_t inet_sum(const uint8_t *p, size_t len)
 {
 	uint64_t sum = 0;
+	uint32_t a, b, c, d;
+	uint16_t h;
 	size_t i = 0;
 
-	/* Big-endian 16-bit words, four at a time: the carries wait in the upper 32 bits. */
-	for (; i + 8 <= len; i += 8)
-		sum += ((uint32_t)p[i] << 8 | p[i + 1]) + ((uint32_t)p[i + 2] << 8 | p[i + 3]) +
-		       ((uint32_t)p[i + 4] << 8 | p[i + 5]) + ((uint32_t)p[i + 6] << 8 | p[i + 7]);
-	for (; i + 2 <= len; i += 2)
-		sum += (uint32_t)p[i] << 8 | p[i + 1];
-	if (i < len)
-		sum += (uint32_t)p[i] << 8;
+	/*
+	 * RFC 1071 2(B): the sum is byte-order independent, so add the bytes as they lie in
+	 * memory (32-bit loads into a 64-bit accumulator, as csum_partial() does) and swap the
+	 * folded result into network order at the end. memcpy() keeps the loads alignment-safe.
+	 */
+	for (; i + 16 <= len; i += 16) {
+		memcpy(&a, p + i, 4);
+		memcpy(&b, p + i + 4, 4);
+		memcpy(&c, p + i + 8, 4);
+		memcpy(&d, p + i + 12, 4);
+		sum += (uint64_t)a + b + c + d;
+	}
+	for (; i + 4 <= len; i += 4) {
+		memcpy(&a, p + i, 4);
+		sum += a;
+	}
+	if (i + 2 <= len) {
+		memcpy(&h, p + i, 2);
+		sum += h;
+		i += 2;
+	}
+	if (i < len) {
+		/* The odd byte is the first byte in memory of a zero-padded word (RFC 1071 4.1). */
+		h = 0;
+		memcpy(&h, p + i, 1);
+		sum += h;
+	}
 	while (sum >> 16)
 		sum = (sum & 0xFFFF) + (sum >> 16);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	sum = ((sum >> 8) | (sum << 8)) & 0xFFFF;
+#endif
 	return (uint32_t)sum;
 }
 

@@ -290,7 +290,23 @@ def check_tools() -> list[Check]:
     return checks
 
 
-_TOPICS = ("privileges", "kernel", "tpacket", "nftables", "offloads", "busy_poll", "tools")
+def check_datapath() -> list[Check]:
+    """Whether the compiled per-frame datapath runs (:mod:`rawtransport.datapath`)."""
+    from rawtransport.datapath import DATAPATH, PURE_ENV
+
+    if DATAPATH == "compiled":
+        return [Check("datapath", "ok", DATAPATH)]
+    advice = (
+        f"unset {PURE_ENV} for the compiled path"
+        if PURE_ENV in DATAPATH
+        else "reinstall with gcc and the Python headers (apt-get install gcc python3-dev)"
+    )
+    return [Check("datapath", "warn", DATAPATH, advice)]
+
+
+_TOPICS = (
+    "privileges", "kernel", "tpacket", "nftables", "offloads", "busy_poll", "datapath", "tools",
+)  # fmt: skip
 
 
 def run_checks() -> list[Check]:

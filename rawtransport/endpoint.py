@@ -17,6 +17,7 @@ from typing import Any
 
 from rawtransport.addresses import parse_address
 from rawtransport.bpf_filter import endpoint_filter
+from rawtransport.datapath import DATAPATH
 from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
 from rawtransport.link import PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
@@ -544,12 +545,14 @@ class RawUdpEndpoint:
 
     # ----------------------------------------------------------------------------------- misc
     def stats(self) -> dict[str, object]:
-        """The engine's counters plus the kernel's ``PACKET_STATISTICS`` (accumulated).
+        """The engine's counters plus the kernel's ``PACKET_STATISTICS`` (accumulated), and
+        ``"datapath"``: ``"compiled"`` or why the pure-Python one runs (:mod:`rawtransport.datapath`).
 
         With ``kernel_bypass``, also ``"kernel_bypass"``: whether the rule is in place (``active``),
         frames it kept from the kernel's IP stack (``dropped``), and the interfaces it covers.
         """
         stats = self.engine.stats()
+        stats["datapath"] = DATAPATH
         packets, drops = self.receiver.statistics()
         stats["kernel_packets"] = packets
         stats["kernel_drops"] = drops

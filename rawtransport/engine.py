@@ -68,6 +68,7 @@ from rawtransport.packet import (
     parse_frame,
     parse_udp,
 )
+from rawtransport.packet_fast import parse_udp_fast
 from rawtransport.reassembly import Reassembler, udp_datagram
 from rawtransport.route import LocalAddresses, Route, RouteKind
 
@@ -205,8 +206,9 @@ class UdpEngine:
             ):
                 self._receive_neighbour(frame, meta, now)
                 return
+        verify = not (meta.status & CSUM_VOUCHED)
         try:
-            d = parse_udp(frame, verify_udp_checksum=not (meta.status & CSUM_VOUCHED))
+            d = parse_udp_fast(frame, verify) or parse_udp(frame, verify_udp_checksum=verify)
         except MalformedPacketError as exc:
             if self._reasm is not None and exc.reason in _FRAGMENT_REASONS:
                 # Off the hot path: only frames the parser refused as fragments get here.

@@ -14,6 +14,7 @@ and raises the right reason.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from rawtransport.datapath import ACCEL
 from rawtransport.errors import MalformedPacketError
@@ -41,6 +42,7 @@ __all__ = [
     "build_udp_fast_py",
     "multicast_mac",
     "parse_udp",
+    "parse_udp_fast",
     "parse_udp_py",
     "solicited_node_address",
 ]
@@ -85,7 +87,7 @@ def _raw(data: Buffer) -> int:
 # Receive
 
 
-def parse_udp_py(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagram:
+def parse_udp_py(data: Buffer, verify_udp_checksum: bool = True) -> UdpDatagram:
     """Parse and check one Ethernet frame carrying a UDP datagram: the receive fast path.
 
     This is the pure-Python reference; :func:`parse_udp` is the same function, accelerated by
@@ -134,20 +136,26 @@ def parse_udp_py(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagr
     return _parse_udp_general(data, verify_udp_checksum)
 
 
+#: The receive hot path's first try, ``(frame, verify_udp_checksum) -> UdpDatagram | None``: the
+#: compiled fast path, which returns None where it declines (then :func:`parse_udp` names the drop
+#: reason or takes the frame on its general path); on the pure path :func:`parse_udp_py` itself.
+parse_udp_fast: Callable[[Buffer, bool], UdpDatagram | None]
 if ACCEL is None:
-    parse_udp = parse_udp_py
+    parse_udp_fast = parse_udp_py
     _payload_sum = _raw
 else:
-    _parse_fast = ACCEL.parse_udp_fast
+    parse_udp_fast = ACCEL.parse_udp_fast
     # Congruent to _raw() modulo 0xFFFF, which is all build_udp() needs (tests/test_datapath.py).
     _payload_sum = ACCEL.inet_sum
 
-    def parse_udp(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagram:
-        """:func:`parse_udp_py`, its common case in C: the same result for every input."""
-        d: UdpDatagram | None = _parse_fast(data, verify_udp_checksum)
-        if d is not None:
-            return d
-        return _parse_udp_general(data if type(data) is bytes else bytes(data), verify_udp_checksum)
+
+def parse_udp(data: Buffer, *, verify_udp_checksum: bool = True) -> UdpDatagram:
+    """Parse and check one Ethernet frame carrying a UDP datagram: :func:`parse_udp_py`, its
+    common case in C when the compiled datapath runs; the same result for every input."""
+    d = parse_udp_fast(data, verify_udp_checksum)
+    if d is not None:
+        return d
+    return _parse_udp_general(data if type(data) is bytes else bytes(data), verify_udp_checksum)
 
 
 def _parse_udp_general(data: bytes, verify: bool) -> UdpDatagram:

@@ -251,7 +251,7 @@ def test_datapath_names_the_path_in_use() -> None:
     assert datapath.DATAPATH.startswith("pure" if pure else "compiled")
     assert (datapath.ACCEL is None) == pure
     if not pure:
-        assert packet_fast.parse_udp is not parse_udp_py
+        assert packet_fast.parse_udp_fast is C.parse_udp_fast
         assert packet_fast.build_udp_fast is C.build_udp_fast
 
 
@@ -262,7 +262,7 @@ def test_pure_env_forces_the_reference() -> None:
 
     code = (
         "from rawtransport import datapath, packet_fast as p;"
-        "print(datapath.DATAPATH, p.parse_udp is p.parse_udp_py,"
+        "print(datapath.DATAPATH, p.parse_udp_fast is p.parse_udp_py,"
         " p.build_udp_fast is p.build_udp_fast_py)"
     )
     env = {**os.environ, datapath.PURE_ENV: "1"}
@@ -275,3 +275,46 @@ def test_pure_env_forces_the_reference() -> None:
         check=True,
     ).stdout.split()
     assert out == ["pure", f"({datapath.PURE_ENV}", "is", "set)", "True", "True"]
+
+
+def test_no_reference_or_memory_leak() -> None:
+    """A soak of every C entry point, on the success and the error paths: flat traced memory and
+    unchanged reference counts (a lost Py_DECREF or PyBuffer_Release shows here)."""
+    import sys
+    import tracemalloc
+
+    src, dst = bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2])
+    payload = bytearray(b"x" * 100)
+    frame4 = C.build_udp_fast(b"\x02" * 6, b"\x04" * 6, src, dst, 1, 2, payload, 64)
+    frame6 = C.build_udp_fast(b"\x02" * 6, b"\x04" * 6, bytes(16), bytes(16), 1, 2, payload, 64)
+    bad = frame4[:30]
+
+    def round_() -> None:
+        for _ in range(2000):
+            C.parse_udp_fast(frame4, True)
+            C.parse_udp_fast(frame6, True)
+            C.parse_udp_fast(bad, True)
+            C.inet_sum(payload)
+            C.build_udp_fast(b"\x02" * 6, b"\x04" * 6, src, dst, 1, 2, payload, 64)
+            with pytest.raises(ValueError):
+                C.build_udp_fast(b"\x02" * 6, b"\x04" * 6, src, dst, 1, 2, payload, 999)
+            with pytest.raises(ValueError):
+                C.build_udp_fast(b"\x02" * 5, b"\x04" * 6, src, dst, 1, 2, payload, 64)
+
+    round_()  # warm caches (hypothesis, pytest.raises, small ints)
+    counts = [sys.getrefcount(x) for x in (frame4, frame6, bad, payload, src, dst, UdpDatagram)]
+    tracemalloc.start()
+    try:
+        round_()
+        first, _ = tracemalloc.get_traced_memory()
+        for _ in range(5):
+            round_()
+        last, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 70 000 calls: a leak of one object per call would be megabytes.
+    assert last - first < 64 * 1024
+    assert [
+        sys.getrefcount(x) for x in (frame4, frame6, bad, payload, src, dst, UdpDatagram)
+    ] == counts
+    payload.extend(b"y")  # a buffer export never released would make this raise BufferError

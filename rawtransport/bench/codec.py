@@ -2,11 +2,13 @@
 
 Times the receive fast path (:func:`~rawtransport.packet.parse_udp` with the IPv4 header and UDP
 checksums verified, and without the UDP one, as when the kernel vouches for it) and the send fast
-path (:func:`~rawtransport.packet.build_udp` with both checksums), for 64-byte and 1400-byte
-payloads over IPv4 and IPv6. Each figure is the median, with min and max, of ``--repeat`` timeit
-runs of ``--number`` calls (calibrated with ``Timer.autorange`` when not given). PERF.md's
-targets for 64 B over IPv4 on the reference 2-core box: parse + verify <= 2.1 us, build <= 2.4 us.
-Numbers from a noisy shared machine: compare ratios within one run, not runs with each other.
+path (:func:`~rawtransport.packet.build_udp_fast`, both checksums), for 64-byte and 1400-byte
+payloads over IPv4 and IPv6, on each datapath: ``compiled`` (:mod:`rawtransport._datapath`, when
+built and not disabled by ``RAWTRANSPORT_PURE``) and ``pure`` (the Python reference). Each figure
+is the median, with min and max, of ``--repeat`` timeit runs of ``--number`` calls (calibrated with
+``Timer.autorange`` when not given). Targets for 64 B over IPv4 on the reference 2-core box: pure
+parse + verify <= 2.1 us, build <= 2.4 us; compiled parse + verify <= 0.15 us (0.4 us at 1400 B),
+build <= 0.2 us. Numbers from a noisy shared machine: compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rawtransport.packet import build_udp, parse_udp
+from rawtransport.datapath import ACCEL, DATAPATH
+from rawtransport.packet import build_udp
+from rawtransport.packet_fast import build_udp_fast, build_udp_fast_py, parse_udp, parse_udp_py
 
 __all__ = ["Result", "main", "measure"]
 
@@ -34,17 +38,26 @@ _ADDRS = {
 }
 # PERF.md's reference figures (ns), shown beside ours for the cases they were measured for.
 _TARGETS = {
-    ("parse+verify", 4, 64): 2100,
-    ("build", 4, 64): 2400,
-    ("parse+verify", 4, 1400): 7000,
-    ("build", 4, 1400): 7400,
+    ("pure", "parse+verify", 4, 64): 2100,
+    ("pure", "build", 4, 64): 2400,
+    ("pure", "parse+verify", 4, 1400): 7000,
+    ("pure", "build", 4, 1400): 7400,
+    ("compiled", "parse+verify", 4, 64): 150,
+    ("compiled", "parse+verify", 4, 1400): 400,
+    ("compiled", "build", 4, 64): 200,
 }
+# The functions each datapath runs: (parse, build).
+_Parse = Callable[..., object]
+_PATHS: dict[str, tuple[_Parse, _Parse]] = {"pure": (parse_udp_py, build_udp_fast_py)}
+if ACCEL is not None:
+    _PATHS["compiled"] = (parse_udp, build_udp_fast)
 
 
 @dataclass(frozen=True)
 class Result:
-    """One benchmark case: nanoseconds per call over the repeats."""
+    """One benchmark case: nanoseconds per call over the repeats, on one datapath."""
 
+    path: str
     operation: str
     family: int
     size: int
@@ -63,36 +76,52 @@ def measure(call: Callable[[], object], repeat: int, number: int | None) -> tupl
     return [t / number * 1e9 for t in timer.repeat(repeat=repeat, number=number)], number
 
 
-def _cases(sizes: Sequence[int]) -> list[tuple[str, int, int, Callable[[], object]]]:
-    cases: list[tuple[str, int, int, Callable[[], object]]] = []
-    for family in (4, 6):
-        src, dst = _ADDRS[family]
-        for size in sizes:
-            payload = bytes(i & 0xFF for i in range(size))
-            frame = build_udp(_MAC_A, _MAC_B, src, dst, 40000, 53, payload)
+def _cases(sizes: Sequence[int]) -> list[tuple[str, str, int, int, Callable[[], object]]]:
+    cases: list[tuple[str, str, int, int, Callable[[], object]]] = []
+    for path, (parse_fn, build_fn) in _PATHS.items():
+        for family in (4, 6):
+            src, dst = _ADDRS[family]
+            for size in sizes:
+                payload = bytes(i & 0xFF for i in range(size))
+                frame = build_udp(_MAC_A, _MAC_B, src, dst, 40000, 53, payload)
 
-            def parse(frame: bytes = frame) -> object:
-                return parse_udp(frame)
+                def parse(frame: bytes = frame, fn: _Parse = parse_fn) -> object:
+                    return fn(frame)
 
-            def parse_unverified(frame: bytes = frame) -> object:
-                return parse_udp(frame, verify_udp_checksum=False)
+                def parse_unverified(frame: bytes = frame, fn: _Parse = parse_fn) -> object:
+                    return fn(frame, verify_udp_checksum=False)
 
-            def build(src: bytes = src, dst: bytes = dst, payload: bytes = payload) -> object:
-                return build_udp(_MAC_A, _MAC_B, src, dst, 40000, 53, payload)
+                def build(
+                    src: bytes = src,
+                    dst: bytes = dst,
+                    payload: bytes = payload,
+                    fn: _Parse = build_fn,
+                ) -> object:
+                    return fn(_MAC_A, _MAC_B, src, dst, 40000, 53, payload, 64)
 
-            cases.append(("parse+verify", family, size, parse))
-            cases.append(("parse (UDP csum vouched)", family, size, parse_unverified))
-            cases.append(("build", family, size, build))
+                cases.append((path, "parse+verify", family, size, parse))
+                cases.append((path, "parse (UDP csum vouched)", family, size, parse_unverified))
+                cases.append((path, "build", family, size, build))
     return cases
 
 
 def _table(results: Sequence[Result]) -> str:
-    head = ("operation", "IP", "payload B", "median ns", "min-max ns", "calls/run", "PERF.md")
+    head = (
+        "datapath",
+        "operation",
+        "IP",
+        "payload B",
+        "median ns",
+        "min-max ns",
+        "calls/run",
+        "target",
+    )
     rows = [head]
     for r in results:
-        target = _TARGETS.get((r.operation, r.family, r.size))
+        target = _TARGETS.get((r.path, r.operation, r.family, r.size))
         rows.append(
             (
+                r.path,
                 r.operation,
                 f"v{r.family}",
                 str(r.size),
@@ -106,7 +135,7 @@ def _table(results: Sequence[Result]) -> str:
     lines = []
     for n, row in enumerate(rows):
         cells = [
-            c.ljust(w) if i in (0, 1) else c.rjust(w)
+            c.ljust(w) if i in (0, 1, 2) else c.rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
@@ -141,15 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         f"rawtransport codec benchmark: Python {platform.python_version()} "
         f"({platform.python_implementation()}), {platform.machine()}, {platform.platform()}"
     )
+    print(f"datapath in use: {DATAPATH}")
     print(f"median of {args.repeat} runs per case; ns per frame (Ethernet + IP + UDP)\n")
     results = []
-    for operation, family, size, call in _cases(sizes):
+    for path, operation, family, size, call in _cases(sizes):
         times, number = measure(call, args.repeat, args.number)
-        results.append(
-            Result(
-                operation, family, size, statistics.median(times), min(times), max(times), number
-            )
-        )
+        med = statistics.median(times)
+        results.append(Result(path, operation, family, size, med, min(times), max(times), number))
     print(_table(results))
     return 0
 

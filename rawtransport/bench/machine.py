@@ -10,6 +10,8 @@ import subprocess
 import sys
 from typing import Any
 
+from rawtransport.datapath import DATAPATH
+
 __all__ = ["describe", "offloads", "rps_masks"]
 
 #: The offloads that change what a packet socket sees (checksums, segmentation, coalescing).
@@ -122,6 +124,7 @@ def describe() -> dict[str, Any]:
             name: _version(name)
             for name in ("rawtransport", "uvloop", "anyio", "trio", "matplotlib", "rich")
         },
+        "datapath": DATAPATH,
         "trafgen": shutil.which("trafgen"),
         "strace": shutil.which("strace"),
     }

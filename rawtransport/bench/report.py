@@ -196,6 +196,7 @@ def render_markdown(results: Mapping[str, Any], chart: str | None = "bench.png")
          + (f", virtualised ({machine['hypervisor']})" if machine.get("hypervisor") else "")],
         ["kernel", f"{machine.get('kernel', '?')} ({machine.get('arch', '?')})"],
         ["Python", str(machine.get("python", "?"))],
+        ["raw datapath", str(machine.get("datapath", "unknown"))],
         ["versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)],
         ["offloads (veth)", ", ".join(f"{k} {v}" for k, v in topo.get("offloads", {}).items())
          or "unknown"],
