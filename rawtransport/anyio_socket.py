@@ -45,6 +45,7 @@ Semantics (where anyio's own backends differ, the kernel socket is the reference
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import socket
 import time
@@ -66,6 +67,7 @@ from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if
 
 from rawtransport.endpoint import RawUdpEndpoint
 from rawtransport.engine import DatagramReceived, Event, OutgoingFrame
+from rawtransport.workers import run_in_new_thread
 
 __all__ = [
     "RawConnectedUDPSocket",
@@ -538,6 +540,14 @@ def _open_endpoint(
         raise
 
 
+async def _open_off_loop(*args: Any, **kwargs: Any) -> RawUdpEndpoint:
+    """:func:`_open_endpoint` in a thread of its own (workers.py): the ring setup waits in the
+    kernel for milliseconds, and the event loop runs other tasks meanwhile. A pooled thread waits
+    for it, not abandoned on cancel (:func:`_finish` then closes what it opened)."""
+    opening = run_in_new_thread(functools.partial(_open_endpoint, *args, **kwargs))
+    return await anyio.to_thread.run_sync(opening.result)
+
+
 _S = TypeVar("_S", RawUDPSocket, RawConnectedUDPSocket)
 
 
@@ -588,7 +598,7 @@ async def create_raw_udp_socket(
         local_address = ("::", local_port)
     else:
         local_address = ("0.0.0.0", local_port)
-    endpoint = _open_endpoint(
+    endpoint = await _open_off_loop(
         family,
         local_address,
         None,
@@ -642,7 +652,7 @@ async def create_raw_connected_udp_socket(
         local_address = (
             ("::", local_port) if family is AddressFamily.AF_INET6 else ("0.0.0.0", local_port)
         )
-    endpoint = _open_endpoint(
+    endpoint = await _open_off_loop(
         family,
         local_address,
         remote_address,

@@ -31,6 +31,7 @@ from rawtransport.route import (
     RouteCache,
     RouteKind,
 )
+from rawtransport.workers import close_in_background
 
 # parse_address, open_receiver and RX_MODES are re-exported: callers found them here first.
 __all__ = ["RX_MODES", "TX_MODES", "RawUdpEndpoint", "open_receiver", "parse_address"]
@@ -569,14 +570,15 @@ class RawUdpEndpoint:
         if self.closed:
             return
         self.closed = True
+        # Packet sockets wait in synchronize_net() when closed: off the loop thread (workers.py).
         for sender in self._senders.values():
-            sender.close()
+            close_in_background(sender.close)
         self._senders.clear()
         if self.bypass is not None:
             # Before the receiver: once the rule is gone the kernel takes our datagrams again and
             # the guard (still open) discards them, so none is answered with port-unreachable.
             self.bypass.close()
-        self.receiver.close()
+        close_in_background(self.receiver.close)
         self._monitor.close()
         self._rtnl.close()
         self.guard.close()

@@ -9,12 +9,14 @@ loop APIs are used, so the same code runs on the stdlib loop and on uvloop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rawtransport.endpoint import RawUdpEndpoint
 from rawtransport.transport import RawDatagramTransport
+from rawtransport.workers import run_in_new_thread
 
 __all__ = ["create_raw_datagram_endpoint", "install"]
 
@@ -180,22 +182,32 @@ async def create_raw_datagram_endpoint(
         guard = guard_sock
         remote = _raw_peer(guard) if (r_addr is not None and not allow_broadcast) else None
 
+    opening = asyncio.wrap_future(
+        run_in_new_thread(
+            functools.partial(
+                _open_endpoint,
+                guard,
+                remote=remote,
+                allow_broadcast=bool(allow_broadcast),
+                interface=interface,
+                qdisc_bypass=qdisc_bypass,
+                rcvbuf=rcvbuf,
+                rx_mode=rx_mode,
+                kernel_bypass=kernel_bypass,
+                busy_poll=busy_poll,
+                spin_us=spin_us,
+                tx_mode=tx_mode,
+            )
+        ),
+        loop=loop,
+    )
     try:
-        endpoint = RawUdpEndpoint.open(
-            guard,
-            remote=remote,
-            allow_broadcast=bool(allow_broadcast),
-            interface=interface,
-            qdisc_bypass=qdisc_bypass,
-            rcvbuf=rcvbuf,
-            rx_mode=rx_mode,
-            kernel_bypass=kernel_bypass,
-            busy_poll=busy_poll,
-            spin_us=spin_us,
-            tx_mode=tx_mode,
-        )
-    except BaseException:
-        guard.close()
+        # The ring setup waits in the kernel for milliseconds (PACKET_RX_RING): in a thread of its
+        # own (workers.py), so the loop runs other tasks meanwhile. Shielded: if this task is
+        # cancelled, the endpoint still opens and is then closed, never leaked.
+        endpoint = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
         raise
     protocol = protocol_factory()
     waiter: asyncio.Future[None] = loop.create_future()
@@ -206,6 +218,21 @@ async def create_raw_datagram_endpoint(
         transport.close()
         raise
     return transport, protocol
+
+
+def _open_endpoint(guard: socket.socket, **options: Any) -> RawUdpEndpoint:
+    """RawUdpEndpoint.open() for a worker thread: the guard is closed if it fails."""
+    try:
+        return RawUdpEndpoint.open(guard, **options)
+    except BaseException:
+        guard.close()
+        raise
+
+
+def _close_opened(opening: asyncio.Future[RawUdpEndpoint]) -> None:
+    """The endpoint whose opener was cancelled: close it (the guard with it)."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _raw_peer(sock: socket.socket) -> tuple[bytes, int]:
