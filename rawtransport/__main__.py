@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="measure the raw path against the kernel UDP path (needs root)",
         description="`bench [OPTIONS]`: the full comparison (run `bench --help` for its options); "
-        "`bench codec`: the pure-Python packet codec's cost per frame.",
+        "`bench codec`: the packet codec's cost per frame, compiled and pure; "
+        "`bench endpoints`: one endpoint per query, raw vs kernel.",
         add_help=False,
     )
     sub.add_parser(
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             from rawtransport.bench.codec import main as codec_main
 
             return codec_main(argv[2:])
+        if argv[1:2] == ["endpoints"]:
+            from rawtransport.bench.endpoints import main as endpoints_main
+
+            return endpoints_main(argv[2:])
         from rawtransport.bench.cli import main as bench_main
 
         return bench_main(argv[1:])

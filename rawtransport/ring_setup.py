@@ -28,8 +28,10 @@ socket has been given a drop-all filter so nothing more lands in it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
+import os
 import socket
 import struct
 from typing import Final
@@ -101,6 +103,23 @@ def default_geometry(
     )
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setsockopt_unlocked(sock: socket.socket, level: int, option: int, value: bytes) -> None:
+    """``sock.setsockopt(level, option, value)`` without holding the GIL.
+
+    CPython's ``socket.setsockopt`` keeps the GIL through the system call, and setting up a ring
+    waits in the kernel for milliseconds (``packet_set_ring()`` -> ``synchronize_net()``): on the
+    thread that opens an endpoint (rawtransport.workers) that would stall the event loop's thread
+    all the same. A ctypes call releases the GIL for the call's duration.
+    """
+    buf = ctypes.create_string_buffer(value, len(value))
+    if _libc.setsockopt(sock.fileno(), level, option, buf, ctypes.c_uint(len(value))) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 class RingReceiver:
     """The receiving packet socket of an endpoint, read through a TPACKET_V2 or V3 ring.
 
@@ -150,7 +169,7 @@ class RingReceiver:
                 # (tpacket_rcv(): TP_STATUS_COPY), so nothing a link can carry is lost to the slot
                 # size: slots can be sized for the wire's MTU, not for loopback's 64 KiB.
                 sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
-            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, geometry.request())
+            setsockopt_unlocked(sock, SOL_PACKET, PACKET_RX_RING, geometry.request())
             ring = _map_ring(sock, geometry)
             self._ring = ring
             self._view = memoryview(ring)
@@ -326,7 +345,7 @@ class TxRing:
             sock.setsockopt(SOL_PACKET, PACKET_VERSION, geometry.kernel_version)
             if qdisc_bypass:
                 sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
-            sock.setsockopt(SOL_PACKET, PACKET_TX_RING, geometry.request())
+            setsockopt_unlocked(sock, SOL_PACKET, PACKET_TX_RING, geometry.request())
             ring = _map_ring(sock, geometry)
             self._ring = ring
             self._view = memoryview(ring)

@@ -89,15 +89,22 @@ def wait_closed(timeout: float | None = None) -> bool:
         return _closer.idle.wait_for(lambda: _closer.pending == 0, timeout)
 
 
+# One setup at a time: each holds the GIL for its Python part (netlink dumps, the filter), and many
+# at once would starve the loop thread of it; waiting on this lock does not hold the GIL.
+_one_open_at_a_time = threading.Lock()
+
+
 def run_in_new_thread(fn: Callable[[], _T]) -> concurrent.futures.Future[_T]:
-    """Start ``fn`` in a new daemon thread; its result (or exception) arrives in the future."""
+    """Start ``fn`` in a new daemon thread (one such ``fn`` runs at a time); its result (or
+    exception) arrives in the future."""
     future: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
     def run() -> None:
         if not future.set_running_or_notify_cancel():
             return
         try:
-            result = fn()
+            with _one_open_at_a_time:
+                result = fn()
         except BaseException as exc:
             future.set_exception(exc)
         else:
