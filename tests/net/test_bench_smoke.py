@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,3 +113,29 @@ def test_sigterm_mid_run_removes_namespaces_and_workers(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert _namespaces_of(proc.pid) == []
     wait_for(lambda: not _children_alive(seen), timeout=10, what="workers gone")
+
+
+def test_bench_endpoints_reports_both_paths_and_cleans_up() -> None:
+    """``bench endpoints`` with a few queries: every row has a kernel and a raw figure, and the
+    namespaces it made are gone when it returns."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rawtransport", "bench", "endpoints", "--queries", "5",
+         "--concurrency", "3", "--repeat", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    cells = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()[3:] if line.strip()]
+    rows = {c[0]: c[1:] for c in cells}
+    assert set(rows) == {
+        "query p50 µs",
+        "query p99 µs",
+        "worst loop stall ms",
+        "5 queries, 3 at a time, s",
+        "worst stall then, ms",
+    }, out
+    for label, (kernel, raw, _ratio) in rows.items():
+        assert float(kernel) >= 0, (label, out)
+        assert float(raw) > 0, (label, out)
+    assert _namespaces_of(proc.pid) == []
