@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -318,3 +319,47 @@ def test_no_reference_or_memory_leak() -> None:
         sys.getrefcount(x) for x in (frame4, frame6, bad, payload, src, dst, UdpDatagram)
     ] == counts
     payload.extend(b"y")  # a buffer export never released would make this raise BufferError
+
+
+# ------------------------------------------------------------------- the engine on both datapaths
+
+
+def _engine_outcome(case: Any, frame: bytes, parse: Any) -> tuple[object, object]:
+    """Events and counters of a fresh engine that received ``frame`` with ``parse`` as its fast path."""
+    from rawtransport import engine
+    from tests.test_receive_checks import make_engine
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "parse_udp_fast", parse)
+        e = make_engine(case)
+        e.receive_frame(frame, case.meta, 1.0)
+        return e.events(), e.stats()
+
+
+def _receive_cases() -> list[Any]:
+    from tests.test_receive_checks import CASES
+
+    return list(CASES)
+
+
+@pytest.mark.parametrize("case", _receive_cases(), ids=lambda c: c.name)
+def test_every_receive_check_gives_the_same_outcome_on_both_paths(case: Any) -> None:
+    """Each kernel receive check (tests/test_receive_checks.py): same events and counters."""
+    frame = case.frame()
+    assert _engine_outcome(case, frame, C.parse_udp_fast) == _engine_outcome(
+        case, frame, parse_udp_py
+    )
+
+
+@given(data=st.data())
+def test_engine_outcomes_match_on_mutated_check_frames(data: st.DataObject) -> None:
+    """The receive-check frames with bytes changed or cut: still the same outcome on both paths."""
+    case = data.draw(st.sampled_from(_receive_cases()))
+    frame = bytearray(case.frame())
+    for _ in range(data.draw(st.integers(0, 3))):
+        if frame:
+            frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del frame[data.draw(st.integers(0, len(frame))) :]
+    got = bytes(frame)
+    assert _engine_outcome(case, got, C.parse_udp_fast) == _engine_outcome(case, got, parse_udp_py)
