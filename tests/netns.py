@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import ctypes
 import functools
+import ipaddress
 import itertools
 import json
 import os
@@ -236,12 +237,14 @@ def create_veth_pair(tag: str = "") -> VethPair:
         "if_b": f"rt{n}b"[-15:],
         "ip4_a": f"198.{second}.{third}.1",
         "ip4_b": f"198.{second}.{third}.2",
-        "ip6_a": f"2001:db8:{v:x}::1",
-        "ip6_b": f"2001:db8:{v:x}::2",
+        # Canonical text (RFC 5952), as the kernel writes addresses back: v = 0 would otherwise
+        # give "2001:db8:0::1" where getsockname()/recvfrom() say "2001:db8::1".
+        "ip6_a": ipaddress.IPv6Address(f"2001:db8:{v:x}::1").compressed,
+        "ip6_b": ipaddress.IPv6Address(f"2001:db8:{v:x}::2").compressed,
         "mac_a": f"02:72:74:{v >> 8:02x}:{v & 0xFF:02x}:0a",
         "mac_b": f"02:72:74:{v >> 8:02x}:{v & 0xFF:02x}:0b",
         "prefix4": f"198.{second}.{third}.0/24",
-        "prefix6": f"2001:db8:{v:x}::/64",
+        "prefix6": ipaddress.IPv6Network(f"2001:db8:{v:x}::/64").compressed,
     }
     ns_a, ns_b = pair_kw["ns_a"], pair_kw["ns_b"]
     if_a, if_b = pair_kw["if_a"], pair_kw["if_b"]

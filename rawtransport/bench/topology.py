@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import itertools
 import json
 import os
@@ -155,8 +156,9 @@ def create() -> Topology:
         if_b=f"rtb{tag}b"[-15:],
         ip4_a=f"198.{second}.{third}.1",
         ip4_b=f"198.{second}.{third}.2",
-        ip6_a=f"2001:db8:{v:x}::1",
-        ip6_b=f"2001:db8:{v:x}::2",
+        # Canonical text (RFC 5952), as the kernel writes addresses back.
+        ip6_a=ipaddress.IPv6Address(f"2001:db8:{v:x}::1").compressed,
+        ip6_b=ipaddress.IPv6Address(f"2001:db8:{v:x}::2").compressed,
         mac_a=f"02:72:62:{v >> 8:02x}:{v & 0xFF:02x}:0a",
         mac_b=f"02:72:62:{v >> 8:02x}:{v & 0xFF:02x}:0b",
     )
