@@ -36,7 +36,7 @@ _log = logging.getLogger("rawtransport")
 
 
 class _Closer:
-    """One worker thread and its queue, started on first use (and again after a fork)."""
+    """One worker thread and its queue; the thread starts on first use."""
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()

@@ -68,9 +68,31 @@ def test_loop_runs_other_tasks_while_the_ring_is_set_up(
     assert in_a(veth, main) == b"opened off the loop"
 
 
-def test_cancelled_open_closes_what_it_opened(veth: VethPair) -> None:
-    """Cancel the creating task while the setup runs: the endpoint is closed once it is built,
-    so its port is free again (a kernel socket can bind it)."""
+def test_cancelled_open_closes_what_it_opened(
+    veth: VethPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel the creating task while the setup runs (held until the cancel has landed): the
+    endpoint is closed once it is built, so its port is free again (a kernel socket can bind it)."""
+    started = threading.Event()
+    proceed = threading.Event()
+    real_open = RawUdpEndpoint.open
+
+    def gated_open(guard: socket.socket, **kwargs: Any) -> RawUdpEndpoint:
+        started.set()
+        assert proceed.wait(TIMEOUT), "the test never let the setup go on"
+        return real_open(guard, **kwargs)
+
+    monkeypatch.setattr(RawUdpEndpoint, "open", staticmethod(gated_open))
+
+    def port_free(port: int) -> bool:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((a_ip(veth, 4), port))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
 
     async def main() -> None:
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -80,22 +102,19 @@ def test_cancelled_open_closes_what_it_opened(veth: VethPair) -> None:
         task = asyncio.create_task(
             rawtransport.create_raw_datagram_endpoint(Recorder, local_addr=(a_ip(veth, 4), port))
         )
-        await asyncio.sleep(0)  # the guard is bound and the setup thread started
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while not started.is_set():
+            assert loop.time() < deadline, "the setup never started"
+            await asyncio.sleep(0.001)
+        assert not port_free(port), "the guard should hold the port while the setup runs"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while True:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                s.bind((a_ip(veth, 4), port))
-                break
-            except OSError:
-                assert loop.time() < deadline, "the cancelled endpoint still holds its port"
-                await asyncio.sleep(0.01)
-            finally:
-                s.close()
+        proceed.set()
+        while not port_free(port):
+            assert loop.time() < deadline + TIMEOUT, "the cancelled endpoint still holds its port"
+            await asyncio.sleep(0.01)
 
     in_a(veth, main)
 
