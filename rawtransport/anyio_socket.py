@@ -207,9 +207,9 @@ class _Pump:
             if guard_error is not None:
                 self.set_error(guard_error)
                 did = True
-        timer = engine.get_timer()
+        timer = ep.get_timer()
         if timer is not None and timer <= now:
-            engine.handle_timer(now)
+            ep.handle_timer(now)
             self.deliver(engine.events())
             did = True
         # A reply that released datagrams yields no event, only frames (and a lower pending count).
@@ -244,7 +244,7 @@ class _Pump:
                 progress.set()
 
     async def _wait_io(self) -> None:
-        timer = self.engine.get_timer()
+        timer = self.ep.get_timer()
         delay = math.inf if timer is None else max(0.0, timer - time.monotonic())
         waits: list[tuple[Callable[[int], Any], int]] = [
             (anyio.wait_readable, self.ep.receiver.fileno())

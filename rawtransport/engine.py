@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 from collections import deque
-from dataclasses import dataclass, field
 
 from rawtransport.engine_types import (
     ALWAYS_JOINED,
@@ -50,26 +49,28 @@ from rawtransport.engine_types import (
     v4_martian_source,
 )
 from rawtransport.errors import MalformedPacketError
+from rawtransport.host import (
+    FRAGMENT_REASONS,
+    Counters,
+    Host,
+    Pending,
+    host_unreachable,
+    is_neighbour_frame,
+    link_drop,
+    mapped_remote,
+)
 from rawtransport.neighbour import NeighbourCache
 from rawtransport.packet import (
-    ARP,
     BROADCAST_MAC,
-    ETH_P_ARP,
-    ETH_P_IPV6,
-    IPPROTO_ICMPV6,
-    NeighborAdvertisement,
-    build_arp_request,
     build_ipv4_fragments,
     build_ipv6_fragments,
-    build_neighbor_solicitation,
     build_udp,
     build_udp_fast,
     multicast_mac,
-    parse_frame,
     parse_udp,
 )
 from rawtransport.packet_fast import parse_udp_fast
-from rawtransport.reassembly import Reassembler, udp_datagram
+from rawtransport.reassembly import Reassembled, udp_datagram
 from rawtransport.route import LocalAddresses, Route, RouteKind
 
 # The values are defined in engine_types and re-exported here, where callers have always found them.
@@ -97,76 +98,93 @@ _ZERO_MAC = bytes(6)
 _ADDR_CACHE_MAX = 4096
 
 
-@dataclass(slots=True)
-class _Pending:
-    """Frames built while the next hop's MAC is unknown; the destination MAC is patched in on release."""
-
-    frames: list[bytearray]
-    ifindex: int
-    size: int
-
-
-@dataclass
-class _Counters:
-    received: int = 0
-    delivered: int = 0
-    sent: int = 0
-    sent_by_kernel: int = 0
-    events: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
-
-
 class UdpEngine:
     """The sans-IO UDP/IP engine of one endpoint. See the module docstring."""
 
     def __init__(
         self,
         config: EndpointConfig,
-        local_addresses: LocalAddresses,
+        local_addresses: LocalAddresses | None = None,
         *,
-        neighbours: NeighbourCache[_Pending] | None = None,
+        neighbours: NeighbourCache[Pending] | None = None,
+        host: Host | None = None,
     ) -> None:
         if config.family not in (4, 6):
             raise ValueError(f"family must be 4 or 6, not {config.family!r}")
         self.config = config
-        self._local = local_addresses
-        self._neigh: NeighbourCache[_Pending] = (
-            neighbours if neighbours is not None else NeighbourCache()
-        )
+        # Alone (no ``host``), the engine has a host of its own and drives its timers; in a raw
+        # stack the host is shared and the stack drives them (host.py).
+        self._owns_host = host is None
+        if host is None:
+            host = Host(local_addresses, neighbours=neighbours, reassemble=config.reassemble)
+        elif local_addresses is not None:
+            host.set_local_addresses(local_addresses)
+        self._host = host
         self._events: deque[Event] = deque()
         self._out: deque[OutgoingFrame] = deque()
-        self._counters = _Counters()
+        self._counters = Counters()
         self._ident = 0
         self._ident6 = 0
         self._addr_cache: dict[tuple[bytes, int, int], tuple[str, int] | tuple[str, int, int, int]]
         self._addr_cache = {}
-        # Interfaces' own (mac, addresses) are needed to answer "is this ARP reply for us": the
-        # boundary passes them with every route, and we remember the MAC of each interface we used.
-        self._if_macs: dict[int, bytes] = {}
-        # The source address last used on each (interface, family), for ARP/NS requests.
-        self._last_sources: dict[tuple[int, int], bytes] = {}
-        self._rx_limit: dict[int, int] = {}
-        self._reasm = Reassembler() if config.reassemble else None
+        # Datagrams of this endpoint queued in the (maybe shared) neighbour table.
+        self._pending = 0
+        if not self._owns_host:
+            host.register(self)
+
+    @property
+    def host(self) -> Host:
+        """The shared state (addresses, neighbour table, reassembly, socket table) in use."""
+        return self._host
 
     # ----------------------------------------------------------------------------------- state in
     def set_local_addresses(self, local_addresses: LocalAddresses) -> None:
         """Replace the snapshot of the host's addresses (after a netlink change)."""
-        self._local = local_addresses
+        self._host.set_local_addresses(local_addresses)
 
     def set_link_mtus(self, mtus: dict[int, int]) -> None:
         """Tell the engine each interface's MTU, to recognise unsplit GSO super-frames on receive."""
-        # Link header + one VLAN tag of slack above the MTU; anything longer did not come off a wire
-        # as one frame (RAWPATH.md trap 2: a UDP_SEGMENT send reaches taps as one super-frame).
-        self._rx_limit = {i: mtu + 18 for i, mtu in mtus.items()}
+        self._host.set_link_mtus(mtus)
 
     def forget_interface(self, ifindex: int) -> None:
         """The interface went away: give up resolutions through it."""
-        for failed in self._neigh.forget(ifindex):
-            self._fail_pending(failed.dropped)
-        self._if_macs.pop(ifindex, None)
+        self._host.forget_interface(ifindex)
+
+    def close(self) -> None:
+        """Leave the host's socket table (frames for this endpoint are then ``no_socket``)."""
+        if not self._owns_host:
+            self._host.unregister(self)
+
+    def score(self, src: bytes, dst: bytes, sport: int, ifindex: int) -> int:
+        """``compute_score()`` of this endpoint for a datagram (see :meth:`Host.lookup`); -1 when
+        a field it is bound or connected to does not match."""
+        cfg = self.config
+        if len(dst) == 4:
+            if cfg.family == 4:
+                score = 2
+            elif cfg.dual_stack:
+                score = 1
+            else:
+                return -1
+        elif cfg.family == 6:
+            score = 0
+        else:
+            return -1
+        if cfg.local_ip is not None:
+            if dst != cfg.local_ip:
+                return -1
+            score += 4
+        if cfg.remote_ip is not None:
+            if src != mapped_remote(cfg.remote_ip, 4 if len(dst) == 4 else 6, cfg.family):
+                return -1
+            if sport != cfg.remote_port:
+                return -1
+            score += 8
+        if cfg.ifindex:
+            if ifindex != cfg.ifindex:
+                return -1
+            score += 4
+        return score
 
     # ------------------------------------------------------------------------------------ receive
     def receive_frame(
@@ -178,39 +196,18 @@ class UdpEngine:
         """
         c = self._counters
         c.received += 1
-        # packet_rcv()/tpacket_rcv() deliver these to taps; the IP stack never sees them as ours.
-        if meta.pkttype == PACKET_OUTGOING:
-            c.drop("outgoing")
+        reason = link_drop(meta, len(frame), self._host.rx_limit)
+        if reason is not None:
+            c.drop(reason)
             return
-        if meta.pkttype == PACKET_OTHERHOST:
-            c.drop("otherhost")
+        if is_neighbour_frame(frame):
+            self._host.receive_neighbour(frame, meta, now, c)
             return
-        if meta.truncated:
-            c.drop("truncated")
-            return
-        if meta.hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
-            c.drop("unsupported_link")
-            return
-        # A tag the device stripped into metadata, on a device with no VLAN upper: vlan_do_receive()
-        # finds no VLAN device and the frame is dropped before ip_rcv().
-        if meta.status & TP_STATUS_VLAN_VALID:
-            c.drop("vlan_no_device")
-            return
-        if len(frame) > self._rx_limit.get(meta.ifindex, 65600):
-            c.drop("gso_unsplit")
-            return
-        if len(frame) >= 14:
-            ethertype = (frame[12] << 8) | frame[13]
-            if ethertype == ETH_P_ARP or (
-                ethertype == ETH_P_IPV6 and len(frame) >= 21 and frame[20] == IPPROTO_ICMPV6
-            ):
-                self._receive_neighbour(frame, meta, now)
-                return
         verify = not (meta.status & CSUM_VOUCHED)
         try:
             d = parse_udp_fast(frame, verify) or parse_udp(frame, verify_udp_checksum=verify)
         except MalformedPacketError as exc:
-            if self._reasm is not None and exc.reason in _FRAGMENT_REASONS:
+            if self._host.reasm is not None and exc.reason in FRAGMENT_REASONS:
                 # Off the hot path: only frames the parser refused as fragments get here.
                 self._receive_fragment(frame, meta, now)
                 return
@@ -235,10 +232,19 @@ class UdpEngine:
         completed datagram then goes through the UDP checks (checksum always verified: the status
         the kernel gave each fragment says nothing about the whole) and the address checks.
         """
-        assert self._reasm is not None
-        r = self._reasm.receive(frame, now, meta.ifindex)
-        if r is None:
-            return
+        assert self._host.reasm is not None
+        r = self._host.reasm.receive(frame, now, meta.ifindex)
+        if r is not None:
+            self._deliver_reassembled(r, meta)
+
+    def receive_reassembled(self, r: Reassembled, meta: FrameMeta) -> None:
+        """A datagram the shared reassembler completed for this endpoint: counted as one frame
+        received, and in ``reassembled`` (the host counted its fragments)."""
+        self._counters.received += 1
+        self._counters.event("reassembled")
+        self._deliver_reassembled(r, meta)
+
+    def _deliver_reassembled(self, r: Reassembled, meta: FrameMeta) -> None:
         c = self._counters
         try:
             sport, dport, payload = udp_datagram(r)
@@ -276,7 +282,7 @@ class UdpEngine:
                 return "martian_source" if v4_loopback(src) else "martian_destination"
             if dst == ZERO4 and not brd_input:
                 return "martian_destination"
-            if not loopback_dev and self._local.is_local(src):
+            if not loopback_dev and self._host.local.is_local(src):
                 # fib_validate_source(): our own address as source from the wire.
                 return "martian_source"
         else:
@@ -301,15 +307,13 @@ class UdpEngine:
                 return "wrong_address"
         elif not (
             brd_input
-            or self._local.is_local(dst)
-            or (family == 4 and self._local.is_broadcast(dst))
+            or self._host.local.is_local(dst)
+            or (family == 4 and self._host.local.is_broadcast(dst))
             or dst in ALWAYS_JOINED
         ):
             return "not_local"
         if cfg.remote_ip is not None:
-            remote = cfg.remote_ip
-            if family == 4 and cfg.family == 6:
-                remote = remote[12:] if remote[:12] == V4MAPPED_PREFIX else b""
+            remote = mapped_remote(cfg.remote_ip, family, cfg.family)
             if src != remote or sport != cfg.remote_port:
                 return "wrong_peer"
         return None
@@ -333,52 +337,6 @@ class UdpEngine:
             self._addr_cache[key] = addr
         return addr
 
-    def _receive_neighbour(
-        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
-    ) -> None:
-        """ARP replies (arp_process()) and neighbour advertisements (ndisc_recv_na())."""
-        c = self._counters
-        try:
-            parsed = parse_frame(frame)
-        except MalformedPacketError as exc:
-            c.drop(exc.reason)
-            return
-        own_mac = self._if_macs.get(meta.ifindex)
-        sender_mac: bytes | None
-        if isinstance(parsed.net, ARP):
-            arp = parsed.net
-            if arp.op != 2:
-                c.drop("arp_not_reply")
-                return
-            if not self._local.is_local(arp.target_ip):
-                c.drop("arp_not_for_us")
-                return
-            if self._local.is_local(arp.sender_ip) or arp.sender_mac == own_mac:
-                c.drop("arp_from_self")
-                return
-            address, sender_mac = arp.sender_ip, arp.sender_mac
-        elif isinstance(parsed.transport, NeighborAdvertisement):
-            na = parsed.transport
-            if not na.solicited:
-                c.drop("nd_unsolicited")
-                return
-            sender_mac = na.target_lladdr or parsed.eth.src
-            if self._local.is_local(na.target) or sender_mac == own_mac:
-                c.drop("nd_from_self")
-                return
-            address = na.target
-        else:
-            # Another ICMPv6 message, or a UDP frame inside IPv6 with ICMPv6 as first next header is
-            # impossible; either way it is not ours to deliver.
-            c.drop("not_udp")
-            return
-        if sender_mac[0] & 1 or sender_mac == _ZERO_MAC:
-            c.drop("neighbour_bad_mac")
-            return
-        released = self._neigh.handle_reply(meta.ifindex, address, sender_mac, now)
-        for pending in released:
-            self._release(pending, sender_mac)
-
     # --------------------------------------------------------------------------------------- send
     def send_datagram(
         self,
@@ -400,7 +358,7 @@ class UdpEngine:
         if route.kind is _UNICAST and not route.noarp:
             # The per-datagram fast path: a unicast next hop whose MAC is confirmed, a datagram
             # that fits the MTU. One header build, one frame, no intermediate copies.
-            mac = self._neigh.reachable(route.ifindex, route.next_hop, now)
+            mac = self._host.neigh.reachable(route.ifindex, route.next_hop, now)
             if mac is not None and size + (28 if v4 else 48) <= route.mtu:
                 frame = build_udp_fast(mac, route.src_mac, route.source, dst,
                                        self.config.local_port, dport, data, self.config.ttl)  # fmt: skip
@@ -422,7 +380,8 @@ class UdpEngine:
         if route.kind is RouteKind.BROADCAST and not self.config.allow_broadcast:
             # udp_sendmsg(): RTCF_BROADCAST without SO_BROADCAST.
             raise PermissionError(errno.EACCES, "Permission denied")
-        self._if_macs[route.ifindex] = route.src_mac
+        host = self._host
+        host.if_macs[route.ifindex] = route.src_mac
         ttl = self.config.ttl
         if route.kind is RouteKind.MULTICAST:
             dst_mac: bytes | None = multicast_mac(dst)
@@ -437,10 +396,13 @@ class UdpEngine:
         if dst_mac is None:
             # Ask first with an empty placeholder: when the MAC is known the frames are built once,
             # with it; when not, the queued placeholder is filled in afterwards.
-            pending = _Pending([], route.ifindex, size)
-            mac = self._neigh.resolve(route.ifindex, route.next_hop, pending, now)
-            if self._neigh.has_requests:  # a new resolution, or a stale entry's re-probe
-                self._queue_neighbour_requests(route)
+            pending = Pending([], route.ifindex, size, self)
+            held = host.neigh.pending
+            mac = host.neigh.resolve(route.ifindex, route.next_hop, pending, now)
+            if host.neigh.pending > held:
+                self._pending += 1
+            if host.neigh.has_requests:  # a new resolution, or a stale entry's re-probe
+                host.queue_requests(self._out, self._counters, route)
             if mac is None:
                 built = self._build(data, route, dst, dport, _ZERO_MAC, src_mac, ttl)
                 pending.frames = [bytearray(f) for f in built]
@@ -498,7 +460,9 @@ class UdpEngine:
             )
         return [build_udp(dst_mac, src_mac, src, dst, sport, dport, data, hop_limit=ttl)]
 
-    def _release(self, pending: _Pending, mac: bytes) -> None:
+    def release(self, pending: Pending, mac: bytes) -> None:
+        """The next hop of a queued datagram resolved to ``mac``: its frames leave."""
+        self._pending -= 1
         last = len(pending.frames) - 1
         for i, f in enumerate(pending.frames):
             f[0:6] = mac
@@ -507,56 +471,28 @@ class UdpEngine:
             )
         self._counters.sent += 1
 
-    def _queue_neighbour_requests(self, route: Route | None = None) -> None:
-        for req in self._neigh.requests_to_send():
-            src_mac = self._if_macs.get(req.ifindex)
-            source = self._request_source(req.ifindex, req.address, route)
-            if src_mac is None or source is None:
-                self._counters.drop("neighbour_no_source")
-                continue
-            if len(req.address) == 4:
-                frame = build_arp_request(src_mac, source, req.address)
-                if req.unicast_mac is not None:
-                    frame = req.unicast_mac + frame[6:]
-            else:
-                frame = build_neighbor_solicitation(src_mac, source, req.address)
-                if req.unicast_mac is not None:
-                    frame = req.unicast_mac + frame[6:]
-            self._out.append(OutgoingFrame(frame, req.ifindex, 0))
-
-    def _request_source(self, ifindex: int, target: bytes, route: Route | None) -> bytes | None:
-        # arp_solicit(): prefer the source of the datagram that triggered the request, else any
-        # address of the interface in the same family.
-        if route is not None and route.ifindex == ifindex and len(route.source) == len(target):
-            self._last_sources[(ifindex, len(target))] = route.source
-            return route.source
-        return self._last_sources.get((ifindex, len(target)))
+    def fail(self, pending: Pending) -> None:
+        """A queued datagram's next hop did not answer: drop it, and tell a connected socket."""
+        self._pending -= 1
+        self._counters.drop("neighbour_failed")
+        if self.config.remote_ip is not None:
+            self._events.append(host_unreachable())
 
     # ------------------------------------------------------------------------------------- timers
     def get_timer(self) -> float | None:
-        """The next time :meth:`handle_timer` must run, or ``None``."""
-        when = self._neigh.get_timer()
-        if self._reasm is not None:
-            expiry = self._reasm.get_timer()
-            if expiry is not None and (when is None or expiry < when):
-                when = expiry
-        return when
+        """The next time :meth:`handle_timer` must run, or ``None`` (always ``None`` in a raw
+        stack, whose shared host has the timers)."""
+        return self._host.get_timer() if self._owns_host else None
 
     def handle_timer(self, now: float) -> None:
         """Retransmit neighbour requests, give up on failed ones, expire stale fragments."""
-        if self._reasm is not None:
-            self._reasm.handle_timer(now)
-        for failed in self._neigh.handle_timer(now):
-            self._fail_pending(failed.dropped)
-        self._queue_neighbour_requests()
-
-    def _fail_pending(self, dropped: tuple[_Pending, ...]) -> None:
-        if not dropped:
+        if not self._owns_host:
             return
-        self._counters.drop("neighbour_failed", len(dropped))
-        if self.config.remote_ip is not None:
-            # arp_error_report() -> ICMP host unreachable to ourselves -> sk_err on a connected socket.
-            self._events.append(ErrorReceived(OSError(errno.EHOSTUNREACH, "No route to host")))
+        host = self._host
+        host.handle_timer(now)
+        self._out.extend(host.out)
+        host.out.clear()
+        host.take_touched()
 
     # -------------------------------------------------------------------------------------- drain
     def events(self) -> list[Event]:
@@ -564,10 +500,6 @@ class UdpEngine:
         out = list(self._events)
         self._events.clear()
         return out
-
-    def next_event(self) -> Event | None:
-        """Take the oldest queued event, or ``None``."""
-        return self._events.popleft() if self._events else None
 
     def frames_to_send(self) -> list[OutgoingFrame]:
         """Take the frames to write, oldest first."""
@@ -578,7 +510,7 @@ class UdpEngine:
     @property
     def pending_resolution(self) -> int:
         """Datagrams waiting for their next hop's MAC (they leave, or fail, when it resolves)."""
-        return self._neigh.pending
+        return self._pending
 
     @property
     def has_output(self) -> bool:
@@ -595,10 +527,12 @@ class UdpEngine:
         c = self._counters
         dropped = dict(c.dropped)
         reassembly: dict[str, object] = {}
-        if self._reasm is not None:
-            reassembly = self._reasm.stats()
-            for reason, n in self._reasm.dropped.items():
-                dropped[reason] = dropped.get(reason, 0) + n
+        reasm = self._host.reasm
+        if reasm is not None:
+            reassembly = reasm.stats()
+            if self._owns_host:
+                for reason, n in reasm.dropped.items():
+                    dropped[reason] = dropped.get(reason, 0) + n
         return {
             "received": c.received,
             "delivered": c.delivered,
@@ -607,13 +541,13 @@ class UdpEngine:
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
             **c.events,
-            "neighbour": dict(self._neigh.stats),
+            "neighbour": dict(self._host.neigh.stats),
             "reassembly": reassembly,
         }
 
     def count_event(self, name: str) -> None:
         """Count something that is not a drop (e.g. ``tx_enobufs``: a full device queue, retried)."""
-        self._counters.events[name] = self._counters.events.get(name, 0) + 1
+        self._counters.event(name)
 
     def count_sent_by_kernel(self) -> None:
         """Record a datagram the boundary handed to the kernel's UDP path instead (see endpoint)."""
@@ -626,4 +560,3 @@ class UdpEngine:
 
 
 _UNICAST = RouteKind.UNICAST
-_FRAGMENT_REASONS = frozenset(("ipv4_fragment", "ipv6_fragment"))

@@ -94,6 +94,8 @@ class EndpointConfig:
     # Reassemble IPv4/IPv6 fragments as ip_defrag()/ipv6_frag_rcv() do (see reassembly.py); when
     # false, fragments are dropped and counted as ``ipv4_fragment``/``ipv6_fragment``.
     reassemble: bool = True
+    # The device the socket is bound to (SO_BINDTODEVICE, ``interface=``); 0: any.
+    ifindex: int = 0
 
 
 class DatagramReceived(NamedTuple):

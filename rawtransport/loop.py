@@ -14,7 +14,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from rawtransport.endpoint import RawUdpEndpoint
+from rawtransport.endpoint import RawUdpEndpoint, stack_options
+from rawtransport.stack_loop import loop_stack
 from rawtransport.transport import RawDatagramTransport
 from rawtransport.workers import run_in_new_thread
 
@@ -23,9 +24,41 @@ __all__ = ["create_raw_datagram_endpoint", "install"]
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
+def _numeric(addr: Any, family: int, proto: int) -> tuple[int, int, Any] | None:
+    """The answer for a numeric host without a lookup, as CPython's ``_ipaddr_info()`` gives it
+    (``_ensure_resolved()`` skips ``getaddrinfo`` then, and so the executor round trip)."""
+    host, port = addr[0], addr[1]
+    if proto not in (0, socket.IPPROTO_UDP) or host is None:
+        return None
+    if port is None or port in (b"", ""):
+        port = 0
+    else:
+        try:
+            port = int(port)  # a service name ("domain") still goes to getaddrinfo()
+        except (TypeError, ValueError):
+            return None
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    if not isinstance(host, str) or "%" in host:
+        return None  # inet_pton() takes no zone index ("fe80::1%eth0")
+    families = [socket.AF_INET, socket.AF_INET6] if family == socket.AF_UNSPEC else [family]
+    for af in families:
+        try:
+            socket.inet_pton(af, host)
+        except OSError:
+            continue
+        if af == socket.AF_INET6:
+            return af, socket.IPPROTO_UDP, (host, port, 0, 0)
+        return af, socket.IPPROTO_UDP, (host, port)
+    return None
+
+
 async def _resolve(
     loop: asyncio.AbstractEventLoop, addr: Any, family: int, proto: int, flags: int
 ) -> list[tuple[int, int, Any]]:
+    info = _numeric(addr, family, proto)
+    if info is not None:
+        return [info]
     infos = await loop.getaddrinfo(
         addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
     )
@@ -182,36 +215,45 @@ async def create_raw_datagram_endpoint(
         guard = guard_sock
         remote = _raw_peer(guard) if (r_addr is not None and not allow_broadcast) else None
 
-    opening = asyncio.wrap_future(
-        run_in_new_thread(
-            functools.partial(
-                _open_endpoint,
-                guard,
-                remote=remote,
-                allow_broadcast=bool(allow_broadcast),
-                interface=interface,
-                qdisc_bypass=qdisc_bypass,
-                rcvbuf=rcvbuf,
-                rx_mode=rx_mode,
-                kernel_bypass=kernel_bypass,
-                busy_poll=busy_poll,
-                spin_us=spin_us,
-                tx_mode=tx_mode,
-            )
-        ),
-        loop=loop,
-    )
     try:
-        # The ring setup waits in the kernel for milliseconds (PACKET_RX_RING): in a thread of its
-        # own (workers.py), so the loop runs other tasks meanwhile. Shielded: if this task is
-        # cancelled, the endpoint still opens and is then closed, never leaked.
-        endpoint = await asyncio.shield(opening)
-    except asyncio.CancelledError:
-        opening.add_done_callback(_close_opened)
+        options = stack_options(
+            interface=interface,
+            qdisc_bypass=qdisc_bypass,
+            rcvbuf=rcvbuf,
+            rx_mode=rx_mode,
+            busy_poll=busy_poll,
+            spin_us=spin_us,
+            tx_mode=tx_mode,
+        )
+        # The loop's raw stack for these options: opened off the loop thread the first time
+        # (ring setup waits in the kernel), then shared by every endpoint that agrees on them.
+        stack = await loop_stack(loop, options)
+    except BaseException:
+        guard.close()
         raise
+    open_endpoint = functools.partial(
+        _open_endpoint,
+        guard,
+        remote=remote,
+        allow_broadcast=bool(allow_broadcast),
+        kernel_bypass=kernel_bypass,
+        stack=stack.stack,
+    )
+    if kernel_bypass:
+        # Installing the nftables rule runs nft: off the loop thread too.
+        endpoint = await _off_loop(loop, open_endpoint)
+    else:
+        endpoint = open_endpoint()  # a table entry and a filter swap: microseconds
     protocol = protocol_factory()
     waiter: asyncio.Future[None] = loop.create_future()
-    transport = RawDatagramTransport(loop, endpoint, protocol, r_addr, waiter)  # type: ignore[arg-type]
+    transport = RawDatagramTransport(
+        loop,
+        endpoint,
+        protocol,  # type: ignore[arg-type]
+        r_addr,
+        waiter,
+        stack=stack,
+    )
     try:
         await waiter
     except BaseException:
@@ -221,11 +263,23 @@ async def create_raw_datagram_endpoint(
 
 
 def _open_endpoint(guard: socket.socket, **options: Any) -> RawUdpEndpoint:
-    """RawUdpEndpoint.open() for a worker thread: the guard is closed if it fails."""
+    """RawUdpEndpoint.open(), closing the guard if it fails."""
     try:
         return RawUdpEndpoint.open(guard, **options)
     except BaseException:
         guard.close()
+        raise
+
+
+async def _off_loop(
+    loop: asyncio.AbstractEventLoop, fn: Callable[[], RawUdpEndpoint]
+) -> RawUdpEndpoint:
+    """Run ``fn`` in a worker thread; if the awaiting task is cancelled, close what it opens."""
+    opening = asyncio.wrap_future(run_in_new_thread(fn), loop=loop)
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
         raise
 
 

@@ -265,6 +265,12 @@ class LocalAddresses:
         """True for 255.255.255.255 and the subnet-directed broadcast of any local IPv4 prefix."""
         return len(address) == 4 and address in self._broadcast
 
+    def owners(self, address: bytes) -> list[int]:
+        """The interfaces that hold ``address`` (tentative ones included), in index order."""
+        return sorted(
+            i for i, infos in self._by_ifindex.items() if any(x.address == address for x in infos)
+        )
+
     def on_interface(self, ifindex: int) -> list[AddressInfo]:
         """The addresses of interface ``ifindex``, in the kernel's order (primary first)."""
         return list(self._by_ifindex.get(ifindex, ()))

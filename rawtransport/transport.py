@@ -7,7 +7,11 @@ with ``call_soon``; ``OSError`` from a send goes to ``error_received``; anything
 public loop APIs (``add_reader``, ``add_writer``, ``call_soon``, ``call_at``) are used, so it runs on
 uvloop too. The transport only moves bytes; the protocol logic lives in the engine.
 
-With ``tx_mode="ring"`` (the default) writes are batched per loop iteration: ``sendto()`` buffers its
+The packet sockets belong to the loop's raw stack (:mod:`rawtransport.stack_loop`), which reads the
+shared receiver and calls :meth:`RawDatagramTransport.stack_ready` when this endpoint's engine has
+news; the transport owns its guard socket (ICMP errors), its write buffer and flow control.
+
+With ``tx_mode="ring"`` writes are batched per loop iteration: ``sendto()`` buffers its
 frames and schedules one flush with ``call_soon``; the read and timer callbacks flush what they
 produced before returning. Each flush is one ``write_frames()`` call, one kick of the transmit ring.
 """
@@ -21,6 +25,7 @@ from typing import Any, final
 
 from rawtransport.endpoint import RawUdpEndpoint
 from rawtransport.engine import DatagramReceived, Event, OutgoingFrame
+from rawtransport.stack_loop import LoopStack
 
 __all__ = ["RawDatagramTransport"]
 
@@ -43,9 +48,6 @@ class RawDatagramTransport(asyncio.DatagramTransport):
     datagrams delivered and sent, drops by reason, kernel drops) and ``get_extra_info("packet_socket")``.
     """
 
-    #: Frames read per readiness callback before yielding to other tasks (bounded work per callback).
-    read_budget = 64
-
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -53,10 +55,13 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         protocol: asyncio.DatagramProtocol,
         address: Any = None,
         waiter: asyncio.Future[None] | None = None,
+        *,
+        stack: LoopStack,
     ) -> None:
         super().__init__(None)
         self._loop: asyncio.AbstractEventLoop = loop
         self._ep = endpoint
+        self._stack = stack
         self._protocol: asyncio.DatagramProtocol = protocol
         self._address = address
         self._buffer: deque[OutgoingFrame] = deque()
@@ -68,8 +73,6 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         self._protocol_paused = False
         self._high_water = _DEFAULT_HIGH_WATER
         self._low_water = _DEFAULT_HIGH_WATER // 4
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         # After connection_lost, datagrams still waiting for ARP/ND keep the sockets open until they
         # leave or fail, as a kernel socket's datagrams sit in the neighbour's queue after close().
         self._lingering = False
@@ -328,69 +331,48 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         if self._closing or self._reading:
             return
         self._reading = True
-        self._loop.add_reader(self._ep.receiver.fileno(), self._read_ready)
+        self._stack.attach(self._ep.engine, self)
         self._loop.add_reader(self._ep.guard.fileno(), self._guard_ready)
-        self._loop.add_reader(self._ep.netlink_fileno(), self._netlink_ready)
+        # Datagrams that arrived between the registration and now wait in the engine.
+        self.stack_ready()
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._loop.remove_reader(self._ep.receiver.fileno())
             self._loop.remove_reader(self._ep.guard.fileno())
-            self._loop.remove_reader(self._ep.netlink_fileno())
 
-    def _read_ready(self) -> None:
+    def stack_ready(self) -> None:
+        """The stack fed the engine (datagrams, errors, frames a neighbour reply released)."""
         if self._conn_lost:
+            self._linger_step()
             return
-        try:
-            events = self._ep.read_ready(self._loop.time(), self.read_budget)
-        except OSError as exc:
-            self._error_received(exc)
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on datagram transport")
-            return
-        self._dispatch(events)
-        self._flush_engine()
-        if self._ep.spin_us:
-            self._spin()
-
-    def _spin(self) -> None:
-        """``spin_us``: poll for the next frame before yielding (after dispatching, so a reply
-        the protocol just sent is not delayed). Bounded: ``read_budget`` frames per callback, and
-        at most ``spin_us`` idle between two of them."""
-        budget = self.read_budget
-        while budget > 0 and not self._closing and not self._conn_lost:
-            try:
-                events, n = self._ep.spin(self._loop.time(), budget)
-            except OSError as exc:
-                self._error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal read error on datagram transport")
-                return
-            if not n:
-                return
-            budget -= n
-            self._dispatch(events)
+        if self._closing:
+            # The kernel socket would have kept these datagrams queued and unread until close;
+            # count them rather than call a closing protocol. close() waits for the buffer, and
+            # frames a neighbour reply released join it.
+            events = self._ep.engine.events()
+            self._ep.engine.count_drop(
+                "closed", sum(isinstance(e, DatagramReceived) for e in events)
+            )
             self._flush_engine()
+            return
+        self._dispatch(self._ep.engine.events())
+        self._flush_engine()
+
+    def netlink_changed(self) -> None:
+        """Routes, addresses or links changed: a vanished interface ends the transport."""
+        if self._ep.lost is not None and not self._conn_lost:
+            self._fatal_error(self._ep.lost, "interface of the endpoint vanished")
+
+    def read_error(self, exc: OSError) -> None:
+        """Reading the stack's packet socket failed: the protocol hears it, as from recvfrom()."""
+        if not self._conn_lost and not self._closing:
+            self._error_received(exc)
 
     def _guard_ready(self) -> None:
         exc = self._ep.guard_ready()
         if exc is not None and not self._conn_lost:
             self._error_received(exc)
-
-    def _netlink_ready(self) -> None:
-        try:
-            self._ep.netlink_ready(self._loop.time())
-        except OSError as exc:
-            logger.debug("rtnetlink refresh failed: %r", exc)
-        if self._ep.lost is not None and not self._conn_lost:
-            self._fatal_error(self._ep.lost, "interface of the endpoint vanished")
 
     def _dispatch(self, events: list[Event]) -> None:
         protocol = self._protocol
@@ -420,30 +402,9 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         except BaseException as err:
             self._report(err, "Exception in error_received")
 
-    # --------------------------------------------------------------------------------- timers
     def _arm_timer(self) -> None:
-        when = self._ep.engine.get_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None and (not self._conn_lost or self._lingering):
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        if self._lingering:
-            self._ep.engine.handle_timer(self._loop.time())
-            self._linger_step()
-            return
-        if self._conn_lost:
-            return
-        self._ep.engine.handle_timer(self._loop.time())
-        self._dispatch(self._ep.engine.events())
-        self._flush_engine()
+        # Neighbour retransmits and fragment expiry are the shared host's: the stack runs them.
+        self._stack.arm_timer()
 
     # ------------------------------------------------------------------------------- shutdown
     def _fatal_error(self, exc: BaseException, message: str) -> None:
@@ -478,40 +439,26 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         finally:
             self._stop_reading()
             if not self._aborted and exc is None and self._ep.engine.pending_resolution:
+                # The stack calls stack_ready() when the neighbour answers or fails.
                 self._lingering = True
-                self._loop.add_reader(self._ep.receiver.fileno(), self._linger_read)
-                self._arm_timer()
             else:
                 self._release()
 
-    def _linger_read(self) -> None:
-        try:
-            self._ep.read_ready(self._loop.time(), self.read_budget)
-        except OSError:
-            self._ep.engine.count_drop("linger_read_error")
-            self._release()
-            return
-        self._linger_step()
-
     def _linger_step(self) -> None:
-        """Send what resolved; nobody is listening any more, so received datagrams are counted."""
-        events = self._ep.engine.events()
-        self._ep.engine.count_drop("closed", sum(isinstance(e, DatagramReceived) for e in events))
-        if self._ep.engine.has_output:
-            remaining, _errors, _congested = self._ep.write_frames(self._ep.engine.frames_to_send())
-            self._ep.engine.count_drop("linger_unsent", sum(1 for f in remaining if f.size))
-        if self._ep.engine.pending_resolution:
-            self._arm_timer()
-        else:
+        """After connection_lost: send what resolved (datagrams queued on a neighbour leave after a
+        kernel socket's close() too); nobody is listening any more, so received datagrams are
+        counted. The last pending datagram gone, a lingering transport releases its endpoint."""
+        engine = self._ep.engine
+        events = engine.events()
+        engine.count_drop("closed", sum(isinstance(e, DatagramReceived) for e in events))
+        if engine.has_output:
+            remaining, _errors, _congested = self._ep.write_frames(engine.frames_to_send())
+            engine.count_drop("linger_unsent", sum(1 for f in remaining if f.size))
+        if self._lingering and not engine.pending_resolution:
             self._release()
 
     def _release(self) -> None:
-        if self._lingering:
-            self._lingering = False
-            self._loop.remove_reader(self._ep.receiver.fileno())
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._lingering = False
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -520,6 +467,7 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             self._flush_handle = None
         self._remove_writer()
         self._ep.close()
+        self._stack.detach(self._ep.engine)
 
     def __repr__(self) -> str:
         state = "closed" if self._conn_lost else "closing" if self._closing else "open"

@@ -122,7 +122,7 @@ async def _client(
         "p50_us": statistics.median(latencies) * 1e6,
         "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e6,
         "max_stall_ms": stall * 1e3,
-        "concurrent_total_s": total,
+        "concurrent_total_ms": total * 1e3,
         "concurrent_max_stall_ms": stall_concurrent * 1e3,
     }
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         ("p50_us", "query p50 µs"),
         ("p99_us", "query p99 µs"),
         ("max_stall_ms", "worst loop stall ms"),
-        ("concurrent_total_s", f"{args.queries} queries, {args.concurrency} at a time, s"),
+        ("concurrent_total_ms", f"{args.queries} queries, {args.concurrency} at a time, ms"),
         ("concurrent_max_stall_ms", "worst stall then, ms"),
     ]
     width = max(len(label) for _, label in keys)

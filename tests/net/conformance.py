@@ -375,3 +375,16 @@ SCENARIOS: dict[str, Scenario] = {
     "kernel_errors": kernel_errors,
     "flow_control": flow_control,
 }
+
+
+async def wait_stacks_closed(timeout: float = TIMEOUT) -> None:
+    """Wait until every raw stack of the running loop has closed (after its linger) and its
+    packet sockets are closed (rawtransport.workers)."""
+    from rawtransport import stack_loop, workers
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(not s.closed for s in stack_loop._stacks.get(loop, {}).values()):
+        assert loop.time() < deadline, "an idle stack did not close after its linger"
+        await asyncio.sleep(0.01)
+    assert await asyncio.to_thread(workers.wait_closed, timeout)

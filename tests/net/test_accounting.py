@@ -2,8 +2,9 @@
 
 Every frame the in-kernel filter lets through is counted by the kernel (``PACKET_STATISTICS``:
 ``tp_packets`` counts it, ``tp_drops`` too when the queue or ring was full). Each of those the
-endpoint read ends exactly one way: delivered, dropped and counted by reason, or handed to the
-neighbour resolver (counted there). So, once everything has been read::
+loop's raw stack read ends exactly one way: taken by the endpoint (then delivered, or dropped and
+counted by reason), or handed to the neighbour resolver (counted there). So, once everything has
+been read::
 
     injected == kernel_packets == delivered + dropped_total + neighbour frames + kernel_drops
 
@@ -25,7 +26,8 @@ from typing import Any
 import pytest
 
 import rawtransport
-from tests.net.test_differential import accounted
+from rawtransport import stack_loop
+from tests.net.test_differential import accounted, stack_accounted
 from tests.netns import VethPair, setns
 from tests.test_receive_checks import ether, v4frame
 
@@ -143,7 +145,8 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
 
         def settled() -> bool:
             s = t.get_extra_info("stats")
-            return bool(s["kernel_packets"] >= total and s["received"] + s["kernel_drops"] >= total)
+            read = s["stack"]["received"]
+            return bool(s["kernel_packets"] >= total and read + s["kernel_drops"] >= total)
 
         async with asyncio.timeout(TIMEOUT):
             while not settled():
@@ -151,7 +154,7 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
         stop = True
         await tick_task
         stats = t.get_extra_info("stats")
-        budget = t.read_budget
+        budget = stack_loop.READ_BUDGET
         t.close()
         assert loop_errors == []
         return stats, p, busy, live, ticks_during, budget
@@ -161,16 +164,21 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
     injector.close()
 
     injected = len(busy.frames) + len(live.frames)
+    stack = stats["stack"]
     neighbour = stats["neighbour"]
     neighbour_frames = sum(
         neighbour[k] for k in ("replies_accepted", "unsolicited", "duplicate_reply")
     )
     dropped = stats["dropped"]
-    # The kernel saw exactly what was injected, and the endpoint read all it kept.
+    # The kernel saw exactly what was injected, and the loop's stack read all it kept.
     assert stats["kernel_packets"] == injected
-    assert stats["received"] + stats["kernel_drops"] == injected
-    # Every frame read ended one way, and each way is counted.
-    assert stats["received"] == stats["delivered"] + stats["dropped_total"] + neighbour_frames
+    assert stack["received"] + stats["kernel_drops"] == injected
+    # Every frame read ended one way, and each way is counted: the datagrams in the endpoint,
+    # the ARP replies in the stack's neighbour table, nothing else at the stack.
+    assert stack["received"] == stats["received"] + neighbour_frames
+    assert stack["received"] == stack_accounted([stats])
+    assert stack["dropped_total"] == 0, stack
+    assert stats["received"] == stats["delivered"] + stats["dropped_total"]
     assert stats["received"] == accounted(stats)
     assert stats["dropped_total"] == sum(dropped.values())
     assert proto.n == stats["delivered"]

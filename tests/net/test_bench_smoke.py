@@ -132,7 +132,7 @@ def test_bench_endpoints_reports_both_paths_and_cleans_up() -> None:
         "query p50 µs",
         "query p99 µs",
         "worst loop stall ms",
-        "5 queries, 3 at a time, s",
+        "5 queries, 3 at a time, ms",
         "worst stall then, ms",
     }, out
     for label, (kernel, raw, _ratio) in rows.items():

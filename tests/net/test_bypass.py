@@ -24,8 +24,8 @@ import pytest
 import uvloop
 
 import rawtransport
-from rawtransport.endpoint import RawUdpEndpoint
 from rawtransport.nft import NftError
+from rawtransport.stack import RawStack
 from tests.net.conformance import Peer, Recorder
 from tests.netns import VethPair, setns, wait_for
 
@@ -313,14 +313,14 @@ def test_busy_poll_and_spin(
     veth: VethPair, loop_kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spun: list[int] = []
-    original = RawUdpEndpoint.spin
+    original = RawStack.spin
 
-    def counting(self: RawUdpEndpoint, now: float, budget: int) -> Any:
-        events, n = original(self, now, budget)
+    def counting(self: RawStack, budget: int) -> Any:
+        touched, n = original(self, budget)
         spun.append(n)
-        return events, n
+        return touched, n
 
-    monkeypatch.setattr(RawUdpEndpoint, "spin", counting)
+    monkeypatch.setattr(RawStack, "spin", counting)
     n = 200
 
     async def main() -> tuple[str, int, dict[str, Any]]:

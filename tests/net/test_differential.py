@@ -482,13 +482,21 @@ class Rig:
 
 
 def accounted(s: dict[str, Any]) -> int:
-    """Frames the endpoint read that ended one of the counted ways: delivered, dropped by reason,
-    taken by the neighbour resolver, or held or merged by the reassembler (engine.stats())."""
-    neighbour = s["neighbour"]
-    reassembly = s.get("reassembly") or {}
+    """Frames the endpoint took from its stack that ended one of the counted ways: delivered or
+    dropped by reason (a datagram the stack's reassembler completed counts as one frame)."""
+    return int(s["delivered"] + s["dropped_total"])
+
+
+def stack_accounted(endpoints: list[dict[str, Any]]) -> int:
+    """Frames the stack of these endpoints (all of its endpoints) read that ended a counted way:
+    taken by an endpoint, dropped by reason at the stack (no endpoint took it, or the reassembler
+    dropped it), taken by the neighbour resolver, or held or merged by the reassembler."""
+    stack = endpoints[0]["stack"]
+    neighbour = stack["neighbour"]
+    reassembly = stack.get("reassembly") or {}
     return int(
-        s["delivered"]
-        + s["dropped_total"]
+        sum(s["received"] for s in endpoints)
+        + stack["dropped_total"]
         + sum(neighbour[k] for k in ("replies_accepted", "unsolicited", "duplicate_reply"))
         + reassembly.get("pending", 0)
         + reassembly.get("merged", 0)
@@ -542,6 +550,7 @@ def test_raw_endpoint_delivers_what_the_kernel_delivers(veth: VethPair, offload:
 
             run()
         stats = [p.transport.get_extra_info("stats") for p in rig.pairs]
+        assert len({id(p.transport.get_extra_info("packet_socket")) for p in rig.pairs}) == 1
         errors = [e for p in rig.pairs for e in p.raw.errors]
     finally:
         rig.close()
@@ -551,6 +560,8 @@ def test_raw_endpoint_delivers_what_the_kernel_delivers(veth: VethPair, offload:
     # Everything counted: each raw endpoint took in frames and accounted for each one.
     for s in stats:
         assert s["received"] == accounted(s), s
+    # The four endpoints share their loop's stack: every frame it read is accounted for too.
+    assert stats[-1]["stack"]["received"] == stack_accounted(stats), stats[-1]["stack"]
     # Not vacuous: most datagrams are valid or survive their mutation, and each valid one is
     # delivered to the raw endpoint of two pairs.
     assert sum(s["delivered"] for s in stats) >= rig.specs, (rig.specs, stats)

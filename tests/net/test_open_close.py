@@ -1,9 +1,12 @@
-"""Opening and closing an endpoint does not hold the event loop while the kernel waits.
+"""Opening and closing endpoints on the loop's raw stack: the loop never waits for the kernel.
 
-The ring setup (``setsockopt(PACKET_RX_RING)``) runs in a thread of its own and packet sockets close
-on a worker thread (rawtransport.workers). These tests check the ordering, not the time: the loop
-must run another task while the setup is in progress, a cancelled opener must not leak its port,
-and closed endpoints' sockets are really closed.
+The first endpoint of a loop opens the stack (``setsockopt(PACKET_RX_RING)``, in a thread of its own);
+every later one is a guard socket, a table entry and a filter swap on the stack, and closing one
+closes its guard. The stack's packet sockets close on a worker thread (rawtransport.workers) once
+its last endpoint has gone and the linger has passed. These tests check the ordering (the loop
+runs another task while the ring is set up, a cancelled opener leaks nothing), the sharing (one
+packet socket for many endpoints, reused within the linger, closed after it), and that 200
+endpoints open and close while a ticker task keeps running.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 import pytest
 
 import rawtransport
-from rawtransport import workers
-from rawtransport.endpoint import RawUdpEndpoint
-from tests.net.conformance import Peer, Recorder, a_ip
+from rawtransport import stack_loop
+from rawtransport.stack import RawStack, StackOptions
+from tests.net.conformance import Peer, Recorder, a_ip, wait_stacks_closed
 from tests.netns import VethPair, setns
 
 TIMEOUT = 10.0
@@ -36,14 +39,14 @@ def test_loop_runs_other_tasks_while_the_ring_is_set_up(
     the loop thread this would never finish (and the wait would time out)."""
     started = threading.Event()
     proceed = threading.Event()
-    real_open = RawUdpEndpoint.open
+    real_open = RawStack.open
 
-    def gated_open(guard: socket.socket, **kwargs: Any) -> RawUdpEndpoint:
+    def gated_open(options: StackOptions) -> RawStack:
         started.set()
-        assert proceed.wait(TIMEOUT), "the event loop did not run while the endpoint opened"
-        return real_open(guard, **kwargs)
+        assert proceed.wait(TIMEOUT), "the event loop did not run while the stack opened"
+        return real_open(options)
 
-    monkeypatch.setattr(RawUdpEndpoint, "open", staticmethod(gated_open))
+    monkeypatch.setattr(RawStack, "open", staticmethod(gated_open))
 
     async def main() -> bytes:
         async def release() -> None:
@@ -71,18 +74,19 @@ def test_loop_runs_other_tasks_while_the_ring_is_set_up(
 def test_cancelled_open_closes_what_it_opened(
     veth: VethPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancel the creating task while the setup runs (held until the cancel has landed): the
-    endpoint is closed once it is built, so its port is free again (a kernel socket can bind it)."""
+    """Cancel the creating task while the stack's setup runs (held until the cancel has landed):
+    its guard is closed at once, so its port is free again (a kernel socket can bind it); the
+    stack is still made, and the next endpoint uses it."""
     started = threading.Event()
     proceed = threading.Event()
-    real_open = RawUdpEndpoint.open
+    real_open = RawStack.open
 
-    def gated_open(guard: socket.socket, **kwargs: Any) -> RawUdpEndpoint:
+    def gated_open(options: StackOptions) -> RawStack:
         started.set()
         assert proceed.wait(TIMEOUT), "the test never let the setup go on"
-        return real_open(guard, **kwargs)
+        return real_open(options)
 
-    monkeypatch.setattr(RawUdpEndpoint, "open", staticmethod(gated_open))
+    monkeypatch.setattr(RawStack, "open", staticmethod(gated_open))
 
     def port_free(port: int) -> bool:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -111,17 +115,24 @@ def test_cancelled_open_closes_what_it_opened(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert port_free(port), "the cancelled endpoint still holds its port"
         proceed.set()
-        while not port_free(port):
-            assert loop.time() < deadline + TIMEOUT, "the cancelled endpoint still holds its port"
-            await asyncio.sleep(0.01)
+        t, p = await rawtransport.create_raw_datagram_endpoint(
+            Recorder, local_addr=(a_ip(veth, 4), port)
+        )
+        assert t.get_extra_info("sockname")[1] == port
+        t.close()
+        await asyncio.wait_for(p.lost, TIMEOUT)
 
     in_a(veth, main)
 
 
-def test_many_endpoints_open_concurrently_and_close(veth: VethPair) -> None:
-    """Opened together (the dnspython pattern, one endpoint per query), each works; after close
-    and the closer's drain, none of their packet sockets is left open."""
+def test_many_endpoints_open_concurrently_and_close(
+    veth: VethPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened together (the dnspython pattern, one endpoint per query), each works and all share
+    one packet socket; after close and the linger, the stack's packet socket is closed."""
+    monkeypatch.setattr(stack_loop, "LINGER", 0.05)
 
     async def main() -> list[bytes]:
         peer = Peer.create(veth, 4)
@@ -134,7 +145,8 @@ def test_many_endpoints_open_concurrently_and_close(veth: VethPair) -> None:
                     for _ in range(20)
                 )
             )
-            fds = [t.get_extra_info("packet_socket").fileno() for t, _ in pairs]
+            fds = {t.get_extra_info("packet_socket").fileno() for t, _ in pairs}
+            assert len(fds) == 1, "the endpoints of a loop share its stack's packet socket"
             got = []
             for i, (t, _) in enumerate(pairs):
                 t.sendto(b"q%d" % i, (veth.ip4_b, peer.port))
@@ -145,14 +157,42 @@ def test_many_endpoints_open_concurrently_and_close(veth: VethPair) -> None:
                 await asyncio.wait_for(p.lost, TIMEOUT)
         finally:
             peer.close()
-        assert await asyncio.to_thread(workers.wait_closed, TIMEOUT)
-        sockets = [socket.socket(fileno=fd) for fd in fds if _is_packet_socket(fd)]
-        for s in sockets:
-            s.detach()
-        assert sockets == [], "packet sockets still open after close"
+        await wait_stacks_closed()
+        assert [fd for fd in fds if _is_packet_socket(fd)] == [], "packet socket left open"
         return got
 
     assert in_a(veth, main) == [b"q%d" % i for i in range(20)]
+
+
+def test_an_endpoint_within_the_linger_reuses_the_stack(veth: VethPair) -> None:
+    """Close the only endpoint and open another at once: same stack, same packet socket, and the
+    neighbour it resolved is still known (no ARP request for the second datagram)."""
+
+    async def main() -> None:
+        peer = Peer.create(veth, 4)
+        try:
+            t, p = await rawtransport.create_raw_datagram_endpoint(
+                Recorder, local_addr=(a_ip(veth, 4), 0)
+            )
+            first = t.get_extra_info("packet_socket")
+            t.sendto(b"one", (veth.ip4_b, peer.port))
+            await peer.recv()
+            t.close()
+            await asyncio.wait_for(p.lost, TIMEOUT)
+            t, p = await rawtransport.create_raw_datagram_endpoint(
+                Recorder, local_addr=(a_ip(veth, 4), 0)
+            )
+            assert t.get_extra_info("packet_socket") is first
+            t.sendto(b"two", (veth.ip4_b, peer.port))
+            assert (await peer.recv())[0] == b"two"
+            stats = t.get_extra_info("stats")
+            assert stats["neighbour"]["requests_sent"] == 1, stats["neighbour"]
+            t.close()
+            await asyncio.wait_for(p.lost, TIMEOUT)
+        finally:
+            peer.close()
+
+    in_a(veth, main)
 
 
 def _is_packet_socket(fd: int) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import rawtransport
-import rawtransport.endpoint
+import rawtransport.stack
 from rawtransport.engine import OutgoingFrame
 from tests.net.conformance import Peer, Recorder
 from tests.netns import VethPair, setns
@@ -181,7 +181,7 @@ def test_ring_full_is_backpressure_then_everything_arrives_in_order(
     )
     if probe.returncode != 0:
         pytest.skip(f"tbf qdisc not available: {probe.stderr.strip()}")
-    monkeypatch.setattr(rawtransport.endpoint, "TX_RING_SLOTS", 16)
+    monkeypatch.setattr(rawtransport.stack, "TX_RING_SLOTS", 16)
     n = 150
 
     async def main() -> tuple[dict[str, Any], list[tuple[Any, ...]], list[bytes]]:

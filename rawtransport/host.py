@@ -1,0 +1,478 @@
+"""What the kernel keeps once per network namespace for all its UDP sockets, sans I/O.
+
+A :class:`Host` is shared by every endpoint (:class:`~rawtransport.engine.UdpEngine`) of one raw
+stack, as the kernel shares these between its sockets:
+
+- the **socket table** (``udp_table``): which endpoint a datagram is for, looked up by destination
+  address and port, then connected peer and bound device, with the kernel's precedence
+  (``compute_score()`` in net/ipv4/udp.c and net/ipv6/udp.c: the most specific socket wins);
+- the **neighbour table** (ARP/ND): one resolution per next hop whichever endpoint asked, datagrams
+  of every endpoint queued on it (each released to, or failed on, the endpoint that sent it);
+- the **reassembly queues** (``ip_defrag()``/``ipv6_frag_rcv()`` work before the socket lookup);
+- the snapshot of the host's addresses and each link's MTU.
+
+:meth:`Host.receive_frame` takes every frame a shared receiver reads: a UDP frame goes to its
+endpoint's :meth:`~rawtransport.engine.UdpEngine.receive_frame`, which makes every check and counts
+every drop in that endpoint's counters exactly as if it had its own packet socket; neighbour replies,
+fragments and frames no endpoint claims are handled and counted here (:meth:`Host.stats`).
+
+Nothing here touches a socket, a clock or an event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rawtransport.engine_types import (
+    ARPHRD_ETHER,
+    ARPHRD_LOOPBACK,
+    PACKET_OTHERHOST,
+    PACKET_OUTGOING,
+    TP_STATUS_VLAN_VALID,
+    V4MAPPED_PREFIX,
+    ErrorReceived,
+    FrameMeta,
+    OutgoingFrame,
+)
+from rawtransport.errors import MalformedPacketError
+from rawtransport.neighbour import NeighbourCache, ResolutionFailed
+from rawtransport.packet import (
+    ARP,
+    ETH_P_ARP,
+    ETH_P_IPV6,
+    IPPROTO_ICMPV6,
+    NeighborAdvertisement,
+    build_arp_request,
+    build_neighbor_solicitation,
+    parse_frame,
+    parse_udp,
+)
+from rawtransport.reassembly import Reassembled, Reassembler, udp_datagram
+from rawtransport.route import LocalAddresses, Route
+
+if TYPE_CHECKING:
+    from rawtransport.engine import UdpEngine
+
+__all__ = ["Host", "Pending", "peek_udp"]
+
+_ZERO_MAC = bytes(6)
+_ETH_P_IP = 0x0800
+_IPPROTO_UDP = 17
+_IPV6_FRAGMENT = 44
+#: :func:`peek_udp`'s answer for an IPv4 or IPv6 fragment.
+FRAGMENT = "fragment"
+#: The codec's reasons for a frame that is a fragment (ip_is_fragment(), an IPv6 Fragment header).
+FRAGMENT_REASONS = frozenset(("ipv4_fragment", "ipv6_fragment"))
+
+
+@dataclass(slots=True)
+class Pending:
+    """Frames built while the next hop's MAC is unknown; the destination MAC is patched in on release.
+
+    ``owner`` is the endpoint that sent the datagram: it is released to (or failed on) that one.
+    """
+
+    frames: list[bytearray]
+    ifindex: int
+    size: int
+    owner: UdpEngine | None = None
+
+
+@dataclass
+class Counters:
+    """One endpoint's (or the host's own) counters."""
+
+    received: int = 0
+    delivered: int = 0
+    sent: int = 0
+    sent_by_kernel: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` frames or datagrams dropped for ``reason``."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def event(self, name: str) -> None:
+        """Count something that is not a drop."""
+        self.events[name] = self.events.get(name, 0) + 1
+
+
+def peek_udp(frame: bytes | bytearray | memoryview) -> tuple[bytes, bytes, int, int] | str | None:
+    """The socket-lookup key of an untagged Ethernet UDP frame, read without any check.
+
+    ``(src, dst, sport, dport)`` (4- or 16-byte addresses), :data:`FRAGMENT` for an IPv4 fragment
+    or an IPv6 packet whose first header is a Fragment header, or ``None`` for anything else
+    (ARP, ICMPv6, IPv6 extension headers, a frame too short to hold the fields). The endpoint the
+    key selects then makes every check; a wrong key only means the frame is checked (and dropped)
+    by the wrong endpoint's rules, which drop it all the same.
+    """
+    n = len(frame)
+    if n < 42:
+        return None
+    ethertype = (frame[12] << 8) | frame[13]
+    if ethertype == _ETH_P_IP:
+        if frame[23] != _IPPROTO_UDP:
+            return None
+        if (frame[20] & 0x3F) or frame[21]:  # ip_is_fragment(): MF or a fragment offset
+            return FRAGMENT
+        off = 14 + ((frame[14] & 0x0F) << 2)
+        if off + 8 > n:
+            return None
+        return (
+            bytes(frame[26:30]),
+            bytes(frame[30:34]),
+            (frame[off] << 8) | frame[off + 1],
+            (frame[off + 2] << 8) | frame[off + 3],
+        )
+    if ethertype == ETH_P_IPV6 and n >= 62:
+        nexthdr = frame[20]
+        if nexthdr == _IPPROTO_UDP:
+            return (
+                bytes(frame[22:38]),
+                bytes(frame[38:54]),
+                (frame[54] << 8) | frame[55],
+                (frame[56] << 8) | frame[57],
+            )
+        if nexthdr == _IPV6_FRAGMENT:
+            return FRAGMENT
+    return None
+
+
+class Host:
+    """The state the kernel shares between sockets, for the endpoints of one raw stack."""
+
+    def __init__(
+        self,
+        local_addresses: LocalAddresses | None = None,
+        *,
+        neighbours: NeighbourCache[Pending] | None = None,
+        reassemble: bool = True,
+    ) -> None:
+        self.local = local_addresses if local_addresses is not None else LocalAddresses()
+        self.neigh: NeighbourCache[Pending] = (
+            neighbours if neighbours is not None else NeighbourCache()
+        )
+        self.reasm = Reassembler() if reassemble else None
+        #: Frames read by a shared receiver, and what happened to those no endpoint took.
+        self.counters = Counters()
+        # Link header + one VLAN tag of slack above the MTU; anything longer did not come off a wire
+        # as one frame (a UDP_SEGMENT send reaches packet taps as one GSO super-frame).
+        self.rx_limit: dict[int, int] = {}
+        # Each interface's own MAC (from the routes used), to recognise our own ARP replies.
+        self.if_macs: dict[int, bytes] = {}
+        # The source address last used on each (interface, address length), for ARP/NS requests.
+        self._last_sources: dict[tuple[int, int], bytes] = {}
+        # Frames the host itself sends (retransmitted ARP/ND requests), for the stack to write.
+        self.out: deque[OutgoingFrame] = deque()
+        # The socket table: port -> endpoints bound to it (more than one with distinct addresses,
+        # connected peers or devices).
+        self._table: dict[int, list[UdpEngine]] = {}
+        # Endpoints that got events or frames from shared work (a neighbour reply released their
+        # datagrams, a resolution failed, a datagram was delivered): the stack flushes them.
+        self._touched: dict[UdpEngine, None] = {}
+
+    # ------------------------------------------------------------------------------ state in
+    def set_local_addresses(self, local_addresses: LocalAddresses) -> None:
+        """Replace the snapshot of the host's addresses (after a netlink change)."""
+        self.local = local_addresses
+
+    def set_link_mtus(self, mtus: dict[int, int]) -> None:
+        """Each interface's MTU, to recognise unsplit GSO super-frames on receive."""
+        self.rx_limit = {i: mtu + 18 for i, mtu in mtus.items()}
+
+    def forget_interface(self, ifindex: int) -> None:
+        """The interface went away: give up resolutions through it."""
+        self._fail(self.neigh.forget(ifindex))
+        self.if_macs.pop(ifindex, None)
+
+    # -------------------------------------------------------------------------- socket table
+    def register(self, engine: UdpEngine) -> None:
+        """Add an endpoint to the socket table (its port, address and peer are in its config)."""
+        self._table.setdefault(engine.config.local_port, []).append(engine)
+
+    def unregister(self, engine: UdpEngine) -> None:
+        """Remove an endpoint; frames for it are counted as ``no_socket`` from now on."""
+        port = engine.config.local_port
+        engines = self._table.get(port)
+        if engines is not None and engine in engines:
+            engines.remove(engine)
+            if not engines:
+                del self._table[port]
+        self._touched.pop(engine, None)
+
+    @property
+    def endpoints(self) -> int:
+        """How many endpoints are registered."""
+        return sum(len(x) for x in self._table.values())
+
+    def lookup(
+        self, src: bytes, dst: bytes, sport: int, dport: int, ifindex: int
+    ) -> UdpEngine | None:
+        """The endpoint a datagram is for, as ``__udp4_lib_lookup()``/``__udp6_lib_lookup()``.
+
+        Every field an endpoint is bound or connected to must match; the highest
+        ``compute_score()`` wins: an IPv4 socket before a dual-stack IPv6 one for IPv4, and +4 for
+        each of bound address, connected address, connected port and bound device. Among equals
+        (``SO_REUSEPORT``) a hash of the flow picks one, so a flow always reaches the same one.
+        """
+        engines = self._table.get(dport)
+        if engines is None:
+            return None
+        if len(engines) == 1:
+            e = engines[0]
+            return e if e.score(src, dst, sport, ifindex) >= 0 else None
+        best: list[UdpEngine] = []
+        top = -1
+        for e in engines:
+            score = e.score(src, dst, sport, ifindex)
+            if score > top:
+                top, best = score, [e]
+            elif score == top and score >= 0:
+                best.append(e)
+        if top < 0:
+            return None
+        if len(best) == 1:
+            return best[0]
+        return best[hash((src, sport)) % len(best)]
+
+    # ------------------------------------------------------------------------------- receive
+    def receive_frame(
+        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
+    ) -> None:
+        """Take one frame a shared receiver read; never raises for anything in ``frame``."""
+        c = self.counters
+        c.received += 1
+        key = peek_udp(frame)
+        if type(key) is tuple:
+            engine = self.lookup(key[0], key[1], key[2], key[3], meta.ifindex)
+            if engine is not None:
+                engine.receive_frame(frame, meta, now)
+                self._touched[engine] = None
+                return
+        self._receive_other(frame, meta, now)
+
+    def _receive_other(
+        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
+    ) -> None:
+        """Link checks, neighbour replies, fragments, and a named reason for everything else."""
+        c = self.counters
+        reason = link_drop(meta, len(frame), self.rx_limit)
+        if reason is not None:
+            c.drop(reason)
+            return
+        if is_neighbour_frame(frame):
+            self.receive_neighbour(frame, meta, now, c)
+            return
+        # A fragment, an IPv6 extension-header chain, or something malformed: the parser the
+        # endpoint uses finds the UDP header, or says it is a fragment (after the IP header
+        # checks, as the engine's path hands fragments over), or names the reason. An endpoint
+        # then checks the frame again, checksum included.
+        try:
+            d = parse_udp(frame, verify_udp_checksum=False)
+        except MalformedPacketError as exc:
+            if self.reasm is not None and exc.reason in FRAGMENT_REASONS:
+                r = self.reasm.receive(frame, now, meta.ifindex)
+                if r is not None:
+                    self._deliver_reassembled(r, meta)
+                return
+            c.drop(exc.reason)
+            return
+        engine = self.lookup(d.src, d.dst, d.src_port, d.dst_port, meta.ifindex)
+        if engine is None:
+            c.drop("no_socket")
+            return
+        engine.receive_frame(frame, meta, now)
+        self._touched[engine] = None
+
+    def _deliver_reassembled(self, r: Reassembled, meta: FrameMeta) -> None:
+        # Looked up by the ports as they stand, unchecked: the endpoint makes the UDP checks and
+        # counts their drops, as it would for a datagram that came in one frame.
+        data = r.payload
+        if r.proto == _IPPROTO_UDP and len(data) >= 4:
+            sport = (data[0] << 8) | data[1]
+            dport = (data[2] << 8) | data[3]
+            engine = self.lookup(r.src, r.dst, sport, dport, meta.ifindex)
+            if engine is not None:
+                engine.receive_reassembled(r, meta)
+                self._touched[engine] = None
+                return
+        try:
+            udp_datagram(r)  # an extension-header chain, or a reason to name
+        except MalformedPacketError as exc:
+            self.counters.drop(exc.reason)
+            return
+        self.counters.drop("no_socket")
+
+    def receive_neighbour(
+        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float, c: Counters
+    ) -> None:
+        """ARP replies (arp_process()) and neighbour advertisements (ndisc_recv_na()); drops are
+        counted in ``c``. Datagrams a reply releases go to the endpoints that sent them."""
+        try:
+            parsed = parse_frame(frame)
+        except MalformedPacketError as exc:
+            c.drop(exc.reason)
+            return
+        own_mac = self.if_macs.get(meta.ifindex)
+        sender_mac: bytes | None
+        if isinstance(parsed.net, ARP):
+            arp = parsed.net
+            if arp.op != 2:
+                c.drop("arp_not_reply")
+                return
+            if not self.local.is_local(arp.target_ip):
+                c.drop("arp_not_for_us")
+                return
+            if self.local.is_local(arp.sender_ip) or arp.sender_mac == own_mac:
+                c.drop("arp_from_self")
+                return
+            address, sender_mac = arp.sender_ip, arp.sender_mac
+        elif isinstance(parsed.transport, NeighborAdvertisement):
+            na = parsed.transport
+            if not na.solicited:
+                c.drop("nd_unsolicited")
+                return
+            sender_mac = na.target_lladdr or parsed.eth.src
+            if self.local.is_local(na.target) or sender_mac == own_mac:
+                c.drop("nd_from_self")
+                return
+            address = na.target
+        else:
+            # Another ICMPv6 message, or a UDP frame inside IPv6 with ICMPv6 as first next header is
+            # impossible; either way it is not ours to deliver.
+            c.drop("not_udp")
+            return
+        if sender_mac[0] & 1 or sender_mac == _ZERO_MAC:
+            c.drop("neighbour_bad_mac")
+            return
+        for pending in self.neigh.handle_reply(meta.ifindex, address, sender_mac, now):
+            owner = pending.owner
+            if owner is not None:
+                owner.release(pending, sender_mac)
+                self._touched[owner] = None
+
+    # ---------------------------------------------------------------------------------- send
+    def queue_requests(self, out: deque[OutgoingFrame], c: Counters, route: Route | None) -> None:
+        """Build the ARP/NS requests the neighbour table wants sent into ``out``."""
+        for req in self.neigh.requests_to_send():
+            src_mac = self.if_macs.get(req.ifindex)
+            source = self._request_source(req.ifindex, req.address, route)
+            if src_mac is None or source is None:
+                c.drop("neighbour_no_source")
+                continue
+            if len(req.address) == 4:
+                frame = build_arp_request(src_mac, source, req.address)
+            else:
+                frame = build_neighbor_solicitation(src_mac, source, req.address)
+            if req.unicast_mac is not None:
+                frame = req.unicast_mac + frame[6:]
+            out.append(OutgoingFrame(frame, req.ifindex, 0))
+
+    def _request_source(self, ifindex: int, target: bytes, route: Route | None) -> bytes | None:
+        # arp_solicit(): prefer the source of the datagram that triggered the request, else any
+        # address of the interface in the same family.
+        if route is not None and route.ifindex == ifindex and len(route.source) == len(target):
+            self._last_sources[(ifindex, len(target))] = route.source
+            return route.source
+        return self._last_sources.get((ifindex, len(target)))
+
+    # -------------------------------------------------------------------------------- timers
+    def get_timer(self) -> float | None:
+        """The next time :meth:`handle_timer` must run, or ``None``."""
+        when = self.neigh.get_timer()
+        if self.reasm is not None:
+            expiry = self.reasm.get_timer()
+            if expiry is not None and (when is None or expiry < when):
+                when = expiry
+        return when
+
+    def handle_timer(self, now: float) -> None:
+        """Retransmit neighbour requests (into :attr:`out`), fail unanswered ones, expire
+        fragments."""
+        if self.reasm is not None:
+            self.reasm.handle_timer(now)
+        self._fail(self.neigh.handle_timer(now))
+        self.queue_requests(self.out, self.counters, None)
+
+    def _fail(self, failed: Iterable[ResolutionFailed[Pending]]) -> None:
+        for f in failed:
+            for pending in f.dropped:
+                if pending.owner is not None:
+                    pending.owner.fail(pending)
+                    self._touched[pending.owner] = None
+
+    # -------------------------------------------------------------------------------- output
+    def take_touched(self) -> list[UdpEngine]:
+        """The endpoints with new events or frames from shared work, each once, and forget them."""
+        out = list(self._touched)
+        self._touched.clear()
+        return out
+
+    def stats(self) -> dict[str, object]:
+        """The stack-wide view: frames read, drops of frames no endpoint took (by reason), the
+        neighbour table's and the reassembler's counters, and the number of endpoints."""
+        c = self.counters
+        dropped = dict(c.dropped)
+        reassembly: dict[str, object] = {}
+        if self.reasm is not None:
+            reassembly = self.reasm.stats()
+            for reason, n in self.reasm.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        return {
+            "received": c.received,
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
+            **c.events,
+            "endpoints": self.endpoints,
+            "neighbour": dict(self.neigh.stats),
+            "reassembly": reassembly,
+        }
+
+
+def link_drop(meta: FrameMeta, size: int, rx_limit: dict[int, int]) -> str | None:
+    """The link layer's reason to drop a frame of ``size`` bytes before IP sees it, or ``None``."""
+    # packet_rcv()/tpacket_rcv() deliver these to taps; the IP stack never sees them as ours.
+    if meta.pkttype == PACKET_OUTGOING:
+        return "outgoing"
+    if meta.pkttype == PACKET_OTHERHOST:
+        return "otherhost"
+    if meta.truncated:
+        return "truncated"
+    if meta.hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK):
+        return "unsupported_link"
+    # A tag the device stripped into metadata, on a device with no VLAN upper: vlan_do_receive()
+    # finds no VLAN device and the frame is dropped before ip_rcv().
+    if meta.status & TP_STATUS_VLAN_VALID:
+        return "vlan_no_device"
+    # Link header + a VLAN tag of slack above the MTU (set_link_mtus()): anything longer did not
+    # come off a wire as one frame — a UDP_SEGMENT send reaches packet taps as one super-frame.
+    if size > rx_limit.get(meta.ifindex, 65600):
+        return "gso_unsplit"
+    return None
+
+
+def is_neighbour_frame(frame: bytes | bytearray | memoryview) -> bool:
+    """ARP, or IPv6 whose first next header is ICMPv6 (a neighbour advertisement, perhaps)."""
+    if len(frame) < 14:
+        return False
+    ethertype = (frame[12] << 8) | frame[13]
+    return ethertype == ETH_P_ARP or (
+        ethertype == ETH_P_IPV6 and len(frame) >= 21 and frame[20] == IPPROTO_ICMPV6
+    )
+
+
+def host_unreachable() -> ErrorReceived:
+    """arp_error_report() -> ICMP host unreachable to ourselves -> sk_err on a connected socket."""
+    return ErrorReceived(OSError(errno.EHOSTUNREACH, "No route to host"))
+
+
+def mapped_remote(remote: bytes, family: int, socket_family: int) -> bytes:
+    """A dual-stack socket's connected peer as an IPv4 address for an IPv4 frame (else b"")."""
+    if family == 4 and socket_family == 6:
+        return remote[12:] if remote[:12] == V4MAPPED_PREFIX else b""
+    return remote

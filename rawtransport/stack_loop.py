@@ -1,0 +1,239 @@
+"""One raw stack per asyncio event loop (stdlib or uvloop): created on first use, driven by the loop.
+
+:func:`loop_stack` returns the :class:`LoopStack` of the running loop for a set of
+:class:`~rawtransport.stack.StackOptions` (and the network namespace of the calling thread), opening
+its :class:`~rawtransport.stack.RawStack` on a worker thread the first time — the only step that
+waits in the kernel. Every later endpoint on that loop registers on it in microseconds.
+
+The :class:`LoopStack` is the only reader of the stack's sockets: it reads a batch of frames when the
+receiver is readable, and hands each transport whose engine got something (datagrams, errors, frames
+released by a neighbour reply) to that transport's :meth:`StackConsumer.stack_ready`. It runs the
+shared host's timers (ARP/ND retransmits, fragment expiry) and applies rtnetlink news. When its last
+endpoint has gone it lingers for :data:`LINGER` seconds (so one-endpoint-per-request clients do not pay
+the ring setup per request), then closes the stack off the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+import weakref
+from typing import Protocol
+
+from rawtransport.engine import UdpEngine
+from rawtransport.stack import RawStack, StackOptions
+from rawtransport.workers import run_in_new_thread
+
+__all__ = ["LINGER", "LoopStack", "StackConsumer", "loop_stack"]
+
+logger = logging.getLogger("rawtransport")
+
+#: Seconds an idle stack stays open after its last endpoint closed.
+LINGER = 2.0
+#: Frames read per readiness callback before yielding to other callbacks.
+READ_BUDGET = 64
+_DEAD = frozenset((errno.ENETDOWN, errno.ENODEV, errno.ENXIO))
+
+
+class StackConsumer(Protocol):
+    """What a :class:`LoopStack` calls on the glue of one endpoint."""
+
+    def stack_ready(self) -> None:
+        """The endpoint's engine has new events or frames: dispatch and write them."""
+
+    def netlink_changed(self) -> None:
+        """Routes, addresses or links changed (the endpoint may have lost its interface)."""
+
+    def read_error(self, exc: OSError) -> None:
+        """Reading the shared receiver failed with ``exc``."""
+
+
+_Key = tuple[StackOptions, int]
+_Opening = asyncio.Future[RawStack]
+_stacks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, LoopStack]]
+_stacks = weakref.WeakKeyDictionary()
+_opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, _Opening]]
+_opening = weakref.WeakKeyDictionary()
+
+
+def _netns() -> int:
+    # A stack's sockets live in the namespace they were opened in; a thread that moved to another
+    # one (setns()) gets another stack.
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+async def loop_stack(loop: asyncio.AbstractEventLoop, options: StackOptions) -> LoopStack:
+    """The running stack of ``loop`` for ``options``, opened (off the loop thread) if need be."""
+    options.check()
+    key = (options, _netns())
+    stack = _stacks.setdefault(loop, {}).get(key)
+    if stack is not None and not stack.closed:
+        return stack
+    opening = _opening.setdefault(loop, {})
+    fut = opening.get(key)
+    if fut is None:
+        # PACKET_RX_RING waits in the kernel for milliseconds: in a thread of its own (workers.py,
+        # which keeps the loop thread's namespace and capabilities), so the loop runs meanwhile.
+        fut = opening[key] = asyncio.wrap_future(
+            run_in_new_thread(functools.partial(RawStack.open, options)), loop=loop
+        )
+        fut.add_done_callback(functools.partial(_opened, loop, key))
+    # Shielded: if every opener is cancelled the stack is still made (and lingers, then closes).
+    await asyncio.shield(fut)
+    return _stacks[loop][key]
+
+
+def _opened(loop: asyncio.AbstractEventLoop, key: _Key, fut: _Opening) -> None:
+    del _opening[loop][key]
+    if not fut.cancelled() and fut.exception() is None:
+        _stacks[loop][key] = LoopStack(loop, fut.result())
+
+
+class LoopStack:
+    """Drives one :class:`RawStack` on one event loop. See the module docstring."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stack: RawStack) -> None:
+        self.stack = stack
+        # The registry is keyed weakly by loop: hold it weakly too (the loop holds our callbacks).
+        self._loop = weakref.ref(loop)
+        self._consumers: dict[UdpEngine, StackConsumer] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self.closed = False
+        self._finalizer = weakref.finalize(loop, stack.close)
+        loop.add_reader(stack.receiver.fileno(), self._read_ready)
+        loop.add_reader(stack.netlink_fileno(), self._netlink_ready)
+        self._linger = loop.call_later(LINGER, self._close_if_idle)
+        # Filter swaps at most once per loop iteration: scheduled before the opening endpoint's
+        # transport schedules connection_made and its waiter, so the filter takes the endpoint's
+        # datagrams before its creator gets it; 200 closes in one callback cost one swap.
+        stack.defer_filter = self._schedule_sync
+
+    def _schedule_sync(self) -> None:
+        self.loop.call_soon(self._sync_filter)
+
+    def _sync_filter(self) -> None:
+        try:
+            self.stack.sync_filter()
+        except OSError as exc:
+            logger.warning("rawtransport: the stack's filter could not be updated: %r", exc)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this stack runs on."""
+        loop = self._loop()
+        assert loop is not None  # callbacks only run while the loop exists
+        return loop
+
+    # ------------------------------------------------------------------------------ endpoints
+    def attach(self, engine: UdpEngine, consumer: StackConsumer) -> None:
+        """Deliver ``engine``'s news to ``consumer`` (its endpoint is registered on the stack)."""
+        self._consumers[engine] = consumer
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    def detach(self, engine: UdpEngine) -> None:
+        """Stop delivering to ``engine``'s consumer; an idle stack lingers, then closes."""
+        self._consumers.pop(engine, None)
+        if not self.stack.endpoints and not self.closed and self._linger is None:
+            self._linger = self.loop.call_later(LINGER, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._linger = None
+        if not self.stack.endpoints:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading and close the stack (its endpoints must have gone)."""
+        if self.closed:
+            return
+        self.closed = True
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.stack.receiver.fileno())
+            loop.remove_reader(self.stack.netlink_fileno())
+        for handle in (self._timer, self._linger):
+            if handle is not None:
+                handle.cancel()
+        self._finalizer()  # stack.close(), once
+
+    # -------------------------------------------------------------------------------- reading
+    def _read_ready(self) -> None:
+        stack = self.stack
+        try:
+            touched = stack.read_ready(self.loop.time(), READ_BUDGET)
+        except OSError as exc:
+            # A read error of the shared socket (ENETDOWN when a bound interface vanished ...):
+            # every endpoint's socket would have reported it.
+            for consumer in list(self._consumers.values()):
+                consumer.read_error(exc)
+            if exc.errno in _DEAD and stack.ifindex is not None:
+                # The interface the receiver is bound to is gone (packet_notifier()): its socket
+                # stays readable with the error; stop reading it rather than spin.
+                self.loop.remove_reader(stack.receiver.fileno())
+            return
+        self._deliver(touched)
+        if stack.spin_us:
+            self._spin()
+        self.arm_timer()
+
+    def _spin(self) -> None:
+        """``spin_us``: poll for the next frame before yielding (after dispatching, so a reply
+        just sent is not delayed). Bounded: ``READ_BUDGET`` frames per callback."""
+        budget = READ_BUDGET
+        while budget > 0 and not self.closed:
+            try:
+                touched, n = self.stack.spin(budget)
+            except OSError:
+                return
+            if not n:
+                return
+            budget -= n
+            self._deliver(touched)
+
+    def _deliver(self, engines: list[UdpEngine]) -> None:
+        consumers = self._consumers
+        for engine in engines:
+            # An endpoint registered but not attached yet (its transport's first callback is
+            # pending) keeps its news in the engine; the transport dispatches it when it starts.
+            consumer = consumers.get(engine)
+            if consumer is not None:
+                consumer.stack_ready()
+        if self.stack.host.out:
+            self.stack.write_host_frames()
+
+    def _netlink_ready(self) -> None:
+        try:
+            changed = self.stack.netlink_ready(self.loop.time())
+        except OSError as exc:
+            logger.debug("rtnetlink refresh failed: %r", exc)
+            return
+        if changed:
+            for consumer in list(self._consumers.values()):
+                consumer.netlink_changed()
+
+    # --------------------------------------------------------------------------------- timers
+    def arm_timer(self) -> None:
+        """(Re)arm the host's timer (call after anything that may have started a resolution)."""
+        when = self.stack.host.get_timer()
+        if when == self._timer_at or self.closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        host = self.stack.host
+        host.handle_timer(self.loop.time())
+        self._deliver(host.take_touched())
+        self.arm_timer()
