@@ -247,7 +247,7 @@ class _Pump:
         timer = self.ep.get_timer()
         delay = math.inf if timer is None else max(0.0, timer - time.monotonic())
         waits: list[tuple[Callable[[int], Any], int]] = [
-            (anyio.wait_readable, self.ep.receiver.fileno())
+            (anyio.wait_readable, fd) for fd in self.ep.receiver_fds()
         ]
         if self.connected:
             # Only an ICMP error (sk_err) makes the guard readable: its filter drops every datagram.
@@ -349,7 +349,7 @@ class _Pump:
             engine.count_drop("closed_unsent", unsent)
         self.out.clear()
         self.last_stats = self.stats()
-        for fd in (self.ep.receiver.fileno(), self.ep.guard.fileno()):
+        for fd in (*self.ep.receiver_fds(), self.ep.guard.fileno()):
             anyio.notify_closing(fd)
         self.ep.close()
 
@@ -482,13 +482,9 @@ async def _getaddrinfo(host: str, port: int, family: int, flags: int = 0) -> lis
     )
 
 
-def _check_options(family: int, reuse_port: bool, receive_queue: int) -> None:
+def _check_options(family: int, receive_queue: int) -> None:
     if family not in (AddressFamily.AF_UNSPEC, AddressFamily.AF_INET, AddressFamily.AF_INET6):
         raise ValueError(f"the raw path carries IPv4 and IPv6 only, not {family!r}")
-    if reuse_port:
-        # Two raw endpoints on one port would each see every datagram (a packet socket is a tap),
-        # so SO_REUSEPORT's load balancing cannot be honoured: refuse rather than duplicate.
-        raise ValueError("reuse_port is not supported on the raw path")
     if not isinstance(receive_queue, int) or isinstance(receive_queue, bool):
         raise TypeError(f"receive_queue must be an int, not {type(receive_queue).__name__}")
     if receive_queue < 1:
@@ -507,10 +503,14 @@ def _open_endpoint(
     rx_mode: str,
     tx_mode: str,
     kernel_bypass: bool,
+    reuse_port: bool,
 ) -> RawUdpEndpoint:
     guard = socket.socket(family, socket.SOCK_DGRAM)
     try:
         guard.setblocking(False)
+        if reuse_port:
+            # As anyio does; the endpoint then joins the address's PACKET_FANOUT group.
+            guard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if allow_broadcast:
             guard.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if local_address:
@@ -579,15 +579,15 @@ async def create_raw_udp_socket(
     """``anyio.create_udp_socket()`` on the raw path. Needs CAP_NET_RAW.
 
     The positional and the first keyword arguments are anyio's, validated and resolved as anyio does
-    (``reuse_port=True`` raises ``ValueError``: a packet socket is a tap, two would both get every
-    datagram). Raw-path knobs: ``interface`` (receive and send on this link only),
+    (``reuse_port=True``: ``SO_REUSEPORT``; sockets on one address and port, in this process or
+    others, share its flows, each datagram to one of them). Raw-path knobs: ``interface`` (receive and send on this link only),
     ``allow_broadcast`` (``SO_BROADCAST``), ``receive_queue`` (datagrams held for ``receive()``, the
     newest dropped beyond it), ``qdisc_bypass``, ``rcvbuf``, ``rx_mode``, ``tx_mode`` and
     ``kernel_bypass`` (as for ``create_raw_datagram_endpoint()``).
     """
     if family is AddressFamily.AF_UNSPEC and not local_host:
         raise ValueError('Either "family" or "local_host" must be given')
-    _check_options(family, reuse_port, receive_queue)
+    _check_options(family, receive_queue)
     if local_host:
         gai_res = await _getaddrinfo(
             str(local_host), local_port, family, socket.AI_PASSIVE | socket.AI_ADDRCONFIG
@@ -609,6 +609,7 @@ async def create_raw_udp_socket(
         rx_mode=rx_mode,
         tx_mode=tx_mode,
         kernel_bypass=kernel_bypass,
+        reuse_port=reuse_port,
     )
     return await _finish(RawUDPSocket(endpoint, receive_queue=receive_queue))
 
@@ -637,7 +638,7 @@ async def create_raw_connected_udp_socket(
     apply (ENETUNREACH, EACCES for a broadcast peer without ``allow_broadcast``) and ICMP errors for
     the peer reach the socket (see the module docstring for how they are reported).
     """
-    _check_options(family, reuse_port, receive_queue)
+    _check_options(family, receive_queue)
     local_address = None
     if local_host:
         gai_res = await _getaddrinfo(
@@ -663,5 +664,6 @@ async def create_raw_connected_udp_socket(
         rx_mode=rx_mode,
         tx_mode=tx_mode,
         kernel_bypass=kernel_bypass,
+        reuse_port=reuse_port,
     )
     return await _finish(RawConnectedUDPSocket(endpoint, receive_queue=receive_queue))

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rawtransport.addresses import parse_address
-from rawtransport.bpf_filter import drop_all
+from rawtransport.bpf_filter import FilterEntry, drop_all
 from rawtransport.datapath import DATAPATH
 from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
 from rawtransport.link import attach_filter
@@ -84,6 +84,15 @@ class RawUdpEndpoint:
         """The stack's receiving packet socket."""
         return self.stack.receiver
 
+    def receiver_fds(self) -> list[int]:
+        """The descriptors to wait on for this endpoint's frames (a private stack's receiver, and
+        the endpoint's ``PACKET_FANOUT`` receiver with ``reuse_port``)."""
+        fds = [self.stack.receiver.fileno()]
+        fanout = self.stack.fanout.get(self.engine)
+        if fanout is not None:
+            fds.append(fanout.fileno())
+        return fds
+
     # ---------------------------------------------------------------------------- construction
     @classmethod
     def open(
@@ -101,6 +110,7 @@ class RawUdpEndpoint:
         spin_us: int | None = None,
         tx_mode: str = "direct",
         stack: RawStack | None = None,
+        fanout: Receiver | None = None,
     ) -> RawUdpEndpoint:
         """Build the endpoint around a bound (and maybe connected) guard UDP socket.
 
@@ -113,6 +123,10 @@ class RawUdpEndpoint:
         used); ``None`` opens a private one with these knobs (see :func:`stack_options`,
         ``create_raw_datagram_endpoint`` documents them), closed with the endpoint.
         ``kernel_bypass``: see :meth:`_install_bypass`.
+
+        A guard with ``SO_REUSEPORT`` makes a ``reuse_port`` endpoint, which receives through a
+        ``PACKET_FANOUT`` receiver of its own (:meth:`RawStack.open_fanout`; ``fanout``: one
+        opened already, off the event loop, which the stack then owns).
         """
         owns = stack is None
         if stack is None:
@@ -128,7 +142,9 @@ class RawUdpEndpoint:
                 )
             )
         try:
-            endpoint = cls._register(guard, stack, remote, allow_broadcast, owns)
+            if fanout is None and reuse_port(guard):
+                fanout = stack.open_fanout(filter_entry(guard))
+            endpoint = cls._register(guard, stack, remote, allow_broadcast, owns, fanout)
         except BaseException:
             if owns:
                 stack.close()
@@ -149,25 +165,24 @@ class RawUdpEndpoint:
         remote: tuple[bytes, int] | None,
         allow_broadcast: bool,
         owns: bool,
+        fanout: Receiver | None,
     ) -> RawUdpEndpoint:
         family = guard.family
         local = guard.getsockname()
-        local_ip = socket.inet_pton(family, local[0].split("%")[0])
-        wildcard = local_ip == bytes(len(local_ip))
-        dual = False
-        if family == socket.AF_INET6 and wildcard:
-            dual = not guard.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        entry = filter_entry(guard)
+        dual = entry.family == 0
         attach_filter(guard, drop_all())
         ifindex = stack.ifindex
         config = EndpointConfig(
             family=_family_number(family),
             local_port=local[1],
-            local_ip=None if wildcard else local_ip,
+            local_ip=entry.local_ip,
             remote_ip=remote[0] if remote else None,
             remote_port=remote[1] if remote else None,
             allow_broadcast=allow_broadcast,
             dual_stack=dual,
             ifindex=ifindex or 0,
+            reuse_port=fanout is not None,
         )
         home = ifindex
         if home is None and config.local_ip is not None:
@@ -176,9 +191,11 @@ class RawUdpEndpoint:
         engine = UdpEngine(config, host=stack.host)
         endpoint = cls(guard, engine, stack, interface=ifindex, home_ifindex=home, owns_stack=owns)
         try:
-            stack.register(endpoint)
+            stack.register(endpoint, fanout)
         except BaseException:
             engine.close()
+            if fanout is not None:
+                fanout.close()
             raise
         return endpoint
 
@@ -247,7 +264,11 @@ class RawUdpEndpoint:
         glue to report (``error_received``) after the events read so far are returned next call.
         On a shared stack the glue reads through the stack (which feeds every endpoint) instead.
         """
-        self.stack.read_ready(now, budget)
+        stack = self.stack
+        stack.read_ready(now, budget)
+        fanout = stack.fanout.get(self.engine)
+        if fanout is not None:
+            stack.read_ready(now, budget, fanout)
         return self.engine.events()
 
     def spin(self, now: float, budget: int) -> tuple[list[Event], int]:
@@ -344,6 +365,24 @@ class RawUdpEndpoint:
         if self._owns_stack:
             self.stack.close()
         self.guard.close()
+
+
+def reuse_port(guard: socket.socket) -> bool:
+    """Whether the guard has ``SO_REUSEPORT`` (set by ``reuse_port=True``, or on a ``sock=``)."""
+    return bool(guard.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+
+
+def filter_entry(guard: socket.socket) -> FilterEntry:
+    """What the guard is bound to, as a :class:`FilterEntry` (family 0: dual-stack wildcard)."""
+    family = guard.family
+    host, port = guard.getsockname()[:2]
+    local_ip = socket.inet_pton(family, host.split("%")[0])
+    if local_ip == bytes(len(local_ip)):
+        dual = family == socket.AF_INET6 and not guard.getsockopt(
+            socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+        )
+        return FilterEntry(0 if dual else _family_number(family), None, port)
+    return FilterEntry(_family_number(family), local_ip, port)
 
 
 def stack_options(

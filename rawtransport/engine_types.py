@@ -96,6 +96,8 @@ class EndpointConfig:
     reassemble: bool = True
     # The device the socket is bound to (SO_BINDTODEVICE, ``interface=``); 0: any.
     ifindex: int = 0
+    # SO_REUSEPORT: frames reach it through its own PACKET_FANOUT receiver (host.py, stack.py).
+    reuse_port: bool = False
 
 
 class DatagramReceived(NamedTuple):

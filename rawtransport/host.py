@@ -69,6 +69,16 @@ FRAGMENT = "fragment"
 FRAGMENT_REASONS = frozenset(("ipv4_fragment", "ipv6_fragment"))
 
 
+#: ``net.ipv4.neigh.default.unres_qlen_bytes`` (and IPv6's): bytes queued per unresolved neighbour.
+UNRES_QLEN_BYTES = 212992
+
+
+def truesize(pending: Pending) -> int:
+    """What a queued datagram costs against :data:`UNRES_QLEN_BYTES`: its frames and roughly what
+    the kernel's ``skb->truesize`` adds (the ``sk_buff`` and ``skb_shared_info``, ~768 bytes)."""
+    return pending.size + 768
+
+
 @dataclass(slots=True)
 class Pending:
     """Frames built while the next hop's MAC is unknown; the destination MAC is patched in on release.
@@ -155,9 +165,19 @@ class Host:
     ) -> None:
         self.local = local_addresses if local_addresses is not None else LocalAddresses()
         self.neigh: NeighbourCache[Pending] = (
-            neighbours if neighbours is not None else NeighbourCache()
+            neighbours
+            if neighbours is not None
+            else NeighbourCache(
+                # The kernel bounds what waits for a neighbour by bytes (unres_qlen_bytes,
+                # 212992 by default), not by count: 277 small datagrams, 145 of 1400 bytes.
+                max_pending_per_address=4096,
+                max_pending_total=8192,
+                max_pending_bytes_per_address=UNRES_QLEN_BYTES,
+                weigh=truesize,
+            )
         )
         self.reasm = Reassembler() if reassemble else None
+        self.reasm_fanout = Reassembler() if reassemble else None
         #: Frames read by a shared receiver, and what happened to those no endpoint took.
         self.counters = Counters()
         # Link header + one VLAN tag of slack above the MTU; anything longer did not come off a wire
@@ -211,7 +231,7 @@ class Host:
         return sum(len(x) for x in self._table.values())
 
     def lookup(
-        self, src: bytes, dst: bytes, sport: int, dport: int, ifindex: int
+        self, src: bytes, dst: bytes, sport: int, dport: int, ifindex: int, fanout: bool = False
     ) -> UdpEngine | None:
         """The endpoint a datagram is for, as ``__udp4_lib_lookup()``/``__udp6_lib_lookup()``.
 
@@ -219,16 +239,24 @@ class Host:
         ``compute_score()`` wins: an IPv4 socket before a dual-stack IPv6 one for IPv4, and +4 for
         each of bound address, connected address, connected port and bound device. Among equals
         (``SO_REUSEPORT``) a hash of the flow picks one, so a flow always reaches the same one.
+
+        ``fanout``: the frame came through a ``PACKET_FANOUT`` receiver, which only
+        ``reuse_port`` endpoints have; it is for one of them (and a frame from the shared
+        receiver for one of the others), so no datagram is delivered twice.
         """
         engines = self._table.get(dport)
         if engines is None:
             return None
         if len(engines) == 1:
             e = engines[0]
+            if e.config.reuse_port is not fanout:
+                return None
             return e if e.score(src, dst, sport, ifindex) >= 0 else None
         best: list[UdpEngine] = []
         top = -1
         for e in engines:
+            if e.config.reuse_port is not fanout:
+                continue
             score = e.score(src, dst, sport, ifindex)
             if score > top:
                 top, best = score, [e]
@@ -242,22 +270,27 @@ class Host:
 
     # ------------------------------------------------------------------------------- receive
     def receive_frame(
-        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
+        self,
+        frame: bytes | bytearray | memoryview,
+        meta: FrameMeta,
+        now: float,
+        fanout: bool = False,
     ) -> None:
-        """Take one frame a shared receiver read; never raises for anything in ``frame``."""
+        """Take one frame a shared receiver read (``fanout``: a ``reuse_port`` endpoint's
+        ``PACKET_FANOUT`` receiver, see :meth:`lookup`); never raises for anything in ``frame``."""
         c = self.counters
         c.received += 1
         key = peek_udp(frame)
         if type(key) is tuple:
-            engine = self.lookup(key[0], key[1], key[2], key[3], meta.ifindex)
+            engine = self.lookup(key[0], key[1], key[2], key[3], meta.ifindex, fanout)
             if engine is not None:
                 engine.receive_frame(frame, meta, now)
                 self._touched[engine] = None
                 return
-        self._receive_other(frame, meta, now)
+        self._receive_other(frame, meta, now, fanout)
 
     def _receive_other(
-        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float
+        self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float, fanout: bool
     ) -> None:
         """Link checks, neighbour replies, fragments, and a named reason for everything else."""
         c = self.counters
@@ -275,28 +308,32 @@ class Host:
         try:
             d = parse_udp(frame, verify_udp_checksum=False)
         except MalformedPacketError as exc:
-            if self.reasm is not None and exc.reason in FRAGMENT_REASONS:
-                r = self.reasm.receive(frame, now, meta.ifindex)
+            reasm = self.reasm_fanout if fanout else self.reasm
+            if reasm is not None and exc.reason in FRAGMENT_REASONS:
+                # Fanout receivers reassemble apart: a group member gets all of a datagram's
+                # fragments (fanout hashes fragments by address alone), and every process's
+                # shared receiver sees them too; each whole datagram is delivered once.
+                r = reasm.receive(frame, now, meta.ifindex)
                 if r is not None:
-                    self._deliver_reassembled(r, meta)
+                    self._deliver_reassembled(r, meta, fanout)
                 return
             c.drop(exc.reason)
             return
-        engine = self.lookup(d.src, d.dst, d.src_port, d.dst_port, meta.ifindex)
+        engine = self.lookup(d.src, d.dst, d.src_port, d.dst_port, meta.ifindex, fanout)
         if engine is None:
             c.drop("no_socket")
             return
         engine.receive_frame(frame, meta, now)
         self._touched[engine] = None
 
-    def _deliver_reassembled(self, r: Reassembled, meta: FrameMeta) -> None:
+    def _deliver_reassembled(self, r: Reassembled, meta: FrameMeta, fanout: bool) -> None:
         # Looked up by the ports as they stand, unchecked: the endpoint makes the UDP checks and
         # counts their drops, as it would for a datagram that came in one frame.
         data = r.payload
         if r.proto == _IPPROTO_UDP and len(data) >= 4:
             sport = (data[0] << 8) | data[1]
             dport = (data[2] << 8) | data[3]
-            engine = self.lookup(r.src, r.dst, sport, dport, meta.ifindex)
+            engine = self.lookup(r.src, r.dst, sport, dport, meta.ifindex, fanout)
             if engine is not None:
                 engine.receive_reassembled(r, meta)
                 self._touched[engine] = None
@@ -385,8 +422,8 @@ class Host:
     def get_timer(self) -> float | None:
         """The next time :meth:`handle_timer` must run, or ``None``."""
         when = self.neigh.get_timer()
-        if self.reasm is not None:
-            expiry = self.reasm.get_timer()
+        for reasm in (self.reasm, self.reasm_fanout):
+            expiry = None if reasm is None else reasm.get_timer()
             if expiry is not None and (when is None or expiry < when):
                 when = expiry
         return when
@@ -394,8 +431,9 @@ class Host:
     def handle_timer(self, now: float) -> None:
         """Retransmit neighbour requests (into :attr:`out`), fail unanswered ones, expire
         fragments."""
-        if self.reasm is not None:
-            self.reasm.handle_timer(now)
+        for reasm in (self.reasm, self.reasm_fanout):
+            if reasm is not None:
+                reasm.handle_timer(now)
         self._fail(self.neigh.handle_timer(now))
         self.queue_requests(self.out, self.counters, None)
 
@@ -421,7 +459,8 @@ class Host:
         reassembly: dict[str, object] = {}
         if self.reasm is not None:
             reassembly = self.reasm.stats()
-            for reason, n in self.reasm.dropped.items():
+        for reasm in (self.reasm, self.reasm_fanout):
+            for reason, n in (reasm.dropped if reasm is not None else {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
         return {
             "received": c.received,

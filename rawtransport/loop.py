@@ -14,7 +14,9 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from rawtransport.endpoint import RawUdpEndpoint, stack_options
+from rawtransport.endpoint import RawUdpEndpoint, filter_entry, stack_options
+from rawtransport.endpoint import reuse_port as reuse_port_of
+from rawtransport.ring_setup import Receiver
 from rawtransport.stack_loop import loop_stack
 from rawtransport.transport import RawDatagramTransport
 from rawtransport.workers import run_in_new_thread
@@ -176,16 +178,19 @@ async def create_raw_datagram_endpoint(
             ]
             if not addr_pairs_info:
                 raise ValueError("can not get address information")
-        if reuse_port:
-            # Two raw endpoints on one port would each see every datagram (a packet socket is a tap),
-            # so SO_REUSEPORT's load balancing cannot be honoured: refuse rather than duplicate.
-            raise ValueError("reuse_port is not supported on the raw path")
+        if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("reuse_port not supported by socket module")  # as CPython says
         exceptions: list[OSError] = []
         for (fam, pro), (local_address, remote_address) in addr_pairs_info:
             guard_sock: socket.socket | None = None
             r_addr = None
             try:
                 guard_sock = socket.socket(family=fam, type=socket.SOCK_DGRAM, proto=pro)
+                if reuse_port:
+                    # The guard is what the kernel balances between: its bind() makes the uid
+                    # check of SO_REUSEPORT; the endpoint then joins the PACKET_FANOUT group of
+                    # the address and port (stack.py), which balances the raw path's flows.
+                    guard_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if allow_broadcast:
                     guard_sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
                 guard_sock.setblocking(False)
@@ -228,6 +233,12 @@ async def create_raw_datagram_endpoint(
         # The loop's raw stack for these options: opened off the loop thread the first time
         # (ring setup waits in the kernel), then shared by every endpoint that agrees on them.
         stack = await loop_stack(loop, options)
+        fanout = None
+        if reuse_port_of(guard):
+            # Its own ring (setup waits in the kernel): off the loop thread too.
+            fanout = await _off_loop(
+                loop, functools.partial(stack.stack.open_fanout, filter_entry(guard)), _close
+            )
     except BaseException:
         guard.close()
         raise
@@ -238,10 +249,11 @@ async def create_raw_datagram_endpoint(
         allow_broadcast=bool(allow_broadcast),
         kernel_bypass=kernel_bypass,
         stack=stack.stack,
+        fanout=fanout,
     )
     if kernel_bypass:
         # Installing the nftables rule runs nft: off the loop thread too.
-        endpoint = await _off_loop(loop, open_endpoint)
+        endpoint = await _off_loop(loop, open_endpoint, _close)
     else:
         endpoint = open_endpoint()  # a table entry and a filter swap: microseconds
     protocol = protocol_factory()
@@ -271,22 +283,29 @@ def _open_endpoint(guard: socket.socket, **options: Any) -> RawUdpEndpoint:
         raise
 
 
+_T = TypeVar("_T", RawUdpEndpoint, Receiver)
+
+
 async def _off_loop(
-    loop: asyncio.AbstractEventLoop, fn: Callable[[], RawUdpEndpoint]
-) -> RawUdpEndpoint:
-    """Run ``fn`` in a worker thread; if the awaiting task is cancelled, close what it opens."""
+    loop: asyncio.AbstractEventLoop, fn: Callable[[], _T], close: Callable[[_T], None]
+) -> _T:
+    """Run ``fn`` in a worker thread; if the awaiting task is cancelled, ``close`` what it opens."""
     opening = asyncio.wrap_future(run_in_new_thread(fn), loop=loop)
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
-        opening.add_done_callback(_close_opened)
+        opening.add_done_callback(functools.partial(_close_opened, close))
         raise
 
 
-def _close_opened(opening: asyncio.Future[RawUdpEndpoint]) -> None:
-    """The endpoint whose opener was cancelled: close it (the guard with it)."""
+def _close(opened: RawUdpEndpoint | Receiver) -> None:
+    opened.close()
+
+
+def _close_opened(close: Callable[[_T], None], opening: asyncio.Future[_T]) -> None:
+    """What was opened for a cancelled opener: close it."""
     if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
+        close(opening.result())
 
 
 def _raw_peer(sock: socket.socket) -> tuple[bytes, int]:

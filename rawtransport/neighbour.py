@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
@@ -113,12 +113,23 @@ _FAILED = 3
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("attempt", "confirmed", "deadline", "failed_until", "items", "mac", "seq", "state")
+    __slots__ = (
+        "attempt",
+        "confirmed",
+        "deadline",
+        "failed_until",
+        "items",
+        "mac",
+        "queued_bytes",
+        "seq",
+        "state",
+    )
 
     def __init__(self) -> None:
         self.state = _INCOMPLETE
         self.mac = b""
         self.items: deque[T] = deque()
+        self.queued_bytes = 0
         self.attempt = 0
         # When handle_timer() must look at this entry (None: not scheduled) and the heap token that
         # makes only the newest heap item for it count.
@@ -154,7 +165,9 @@ class NeighbourCache(Generic[T]):
     """A bounded ARP/ND resolver cache for items of type ``T``, driven by ``now`` (see the module).
 
     ``max_entries`` bounds the table, ``max_pending_per_address`` and ``max_pending_total`` the
-    items waiting for resolutions. Times are in seconds of a monotonic clock.
+    items waiting for resolutions; with ``weigh`` (an item's size in bytes), so does
+    ``max_pending_bytes_per_address``, as the kernel bounds a neighbour's queue by
+    ``unres_qlen_bytes`` (``__neigh_event_send()``). Times are in seconds of a monotonic clock.
     """
 
     def __init__(
@@ -168,6 +181,8 @@ class NeighbourCache(Generic[T]):
         reachable_time: float = 30.0,
         stale_time: float = 60.0,
         failed_hold: float = 1.0,
+        max_pending_bytes_per_address: int | None = None,
+        weigh: Callable[[T], int] | None = None,
     ) -> None:
         for name, count in (
             ("max_entries", max_entries),
@@ -191,6 +206,12 @@ class NeighbourCache(Generic[T]):
                 raise ValueError(f"{name} must be a finite number > 0, not {seconds!r}")
         self.max_entries = max_entries
         self.max_pending_per_address = max_pending_per_address
+        if max_pending_bytes_per_address is not None and max_pending_bytes_per_address < 1:
+            raise ValueError(
+                f"max_pending_bytes_per_address must be >= 1, not {max_pending_bytes_per_address}"
+            )
+        self.max_pending_bytes_per_address = max_pending_bytes_per_address
+        self._weigh = weigh
         self.max_pending_total = max_pending_total
         self.retransmit_interval = float(retransmit_interval)
         self.max_attempts = max_attempts
@@ -465,21 +486,26 @@ class NeighbourCache(Generic[T]):
 
     # ------------------------------------------------------------------------------------ internals
     def _enqueue(self, entry: _Entry[T], item: T) -> bool:
+        weight = self._weigh(item) if self._weigh is not None else 0
+        limit = self.max_pending_bytes_per_address
         if (
             len(entry.items) >= self.max_pending_per_address
             or self._pending >= self.max_pending_total
+            or (limit is not None and entry.queued_bytes + weight > limit)
         ):
             # The kernel drops the oldest queued skb (__neigh_event_send()); we refuse the newest,
             # so that what the engine was told is queued is what eventually goes out or fails.
             self._stats["pending_overflow"] += 1
             return False
         entry.items.append(item)
+        entry.queued_bytes += weight
         self._pending += 1
         return True
 
     def _take_items(self, entry: _Entry[T]) -> tuple[T, ...]:
         items = tuple(entry.items)
         entry.items.clear()
+        entry.queued_bytes = 0
         self._pending -= len(items)
         return items
 

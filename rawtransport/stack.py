@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rawtransport.bpf_filter import FilterEntry, stack_filter
+from rawtransport.bpf_filter import FilterEntry, drop_all, stack_filter
 from rawtransport.engine import OutgoingFrame, UdpEngine
 from rawtransport.host import Host
 from rawtransport.link import PacketSender
@@ -53,6 +54,10 @@ _TX_RING_MAX_MTU = 9216
 # How often (seconds) the send path looks for routing/address changes when no loop callback has.
 _NETLINK_CHECK_INTERVAL = 0.001
 SO_BUSY_POLL = 46  # <asm-generic/socket.h>; not exported by Python's socket module
+# <linux/if_packet.h>
+_SOL_PACKET = 263
+_PACKET_FANOUT = 18
+_PACKET_FANOUT_HASH = 0
 _ARPHRD_ETHER = 1
 # The spin keeps other tasks waiting: bound it (a callback spins at most read_budget times this).
 MAX_SPIN_US = 10_000
@@ -112,6 +117,9 @@ class RawStack:
         self.host = Host()
         self.ifindex: int | None = None
         self.endpoints: dict[UdpEngine, RawUdpEndpoint] = {}
+        #: The ``PACKET_FANOUT`` receiver of each ``reuse_port`` endpoint (see :meth:`open_fanout`).
+        self.fanout: dict[UdpEngine, Receiver] = {}
+        self._mtu = 1500
         self._senders: dict[int, Sender] = {}
         self._routes = RouteCache()
         self._links: dict[int, LinkInfo] = {}
@@ -158,6 +166,7 @@ class RawStack:
                     ) from None
             stack = cls(options, rtnl, monitor, receiver)
             stack.ifindex = ifindex
+            stack._mtu = min(max(wire), 9216)
         except BaseException:
             if receiver is not None:
                 receiver.close()
@@ -167,20 +176,58 @@ class RawStack:
         return stack
 
     # -------------------------------------------------------------------------- registration
-    def register(self, endpoint: RawUdpEndpoint) -> None:
-        """Add an endpoint (its engine is in the host's table already): widen the filter."""
-        self.endpoints[endpoint.engine] = endpoint
+    def register(self, endpoint: RawUdpEndpoint, fanout: Receiver | None = None) -> None:
+        """Add an endpoint (its engine is in the host's table already): widen the filter.
+
+        A ``reuse_port`` endpoint brings its ``fanout`` receiver (:meth:`open_fanout`), which the
+        stack owns from now on; the shared filter then leaves its datagrams to that one.
+        """
+        engine = endpoint.engine
+        self.endpoints[engine] = endpoint
+        if fanout is not None:
+            self.fanout[engine] = fanout
         try:
             self._filter_changed()
         except BaseException:
-            del self.endpoints[endpoint.engine]
+            del self.endpoints[engine]
+            self.fanout.pop(engine, None)
             raise
+
+    def open_fanout(self, entry: FilterEntry) -> Receiver:
+        """A receiver for one ``reuse_port`` endpoint, in the ``PACKET_FANOUT`` group of its
+        address and port: the kernel hands each flow's frames to one member of the group
+        (``fanout_demux_hash()``: the flow hash, which is the addresses alone for fragments, so a
+        datagram's fragments stay together), whichever process holds it, as ``SO_REUSEPORT``
+        spreads flows over sockets. The group id comes from the family, address and port, so
+        unrelated programs do not join each other's groups. Blocks (ring setup): off the loop.
+
+        It joins the group while its filter still drops everything, then takes the endpoint's
+        datagrams only: a frame it took before joining would reach a second member too.
+        """
+        receiver = open_receiver(
+            drop_all(),
+            self.options.rx_mode,
+            ifindex=self.ifindex or 0,
+            rcvbuf=self.options.rcvbuf,
+            mtu=self._mtu,
+        )
+        try:
+            group = fanout_group(entry)
+            receiver.sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT, group | _PACKET_FANOUT_HASH << 16)
+            receiver.set_filter(stack_filter([entry], allow_fragments=True))
+        except BaseException:
+            receiver.close()
+            raise
+        return receiver
 
     def unregister(self, endpoint: RawUdpEndpoint) -> None:
         """Leave the host's table, then narrow the filter. Until the swap, frames for the endpoint
         that still pass are counted as ``no_socket`` in the stack's stats."""
         if self.endpoints.pop(endpoint.engine, None) is None:
             return
+        fanout = self.fanout.pop(endpoint.engine, None)
+        if fanout is not None:
+            close_in_background(fanout.close)
         endpoint.engine.close()
         if not self.closed:
             # An error means the socket is going away; the table no longer has the endpoint.
@@ -212,7 +259,8 @@ class RawStack:
         for engine in self.endpoints:
             cfg = engine.config
             family = 0 if cfg.dual_stack else cfg.family
-            entries.append(FilterEntry(family, cfg.local_ip, cfg.local_port))
+            if engine not in self.fanout:  # else its fanout receiver takes its datagrams
+                entries.append(FilterEntry(family, cfg.local_ip, cfg.local_port))
             fragments = fragments or cfg.reassemble
             if cfg.local_ip is None:
                 any4 = any4 or family in (0, 4)
@@ -302,19 +350,23 @@ class RawStack:
         return self._rtnl.link_by_name(name)
 
     # ------------------------------------------------------------------------------- receive
-    def read_ready(self, now: float, budget: int = 64) -> list[UdpEngine]:
-        """Read up to ``budget`` frames into the host; return the engines with something new.
+    def read_ready(
+        self, now: float, budget: int = 64, receiver: Receiver | None = None
+    ) -> list[UdpEngine]:
+        """Read up to ``budget`` frames of the shared receiver (or of a ``fanout`` one) into the
+        host; return the engines with something new.
 
         ``BlockingIOError`` ends the batch quietly; another ``OSError`` from the socket is raised.
         """
-        recv = self.receiver.recv
+        fanout = receiver is not None
+        recv = (receiver or self.receiver).recv
         receive_frame = self.host.receive_frame
         for _ in range(budget):
             try:
                 view, meta = recv()
             except (BlockingIOError, InterruptedError):
                 break
-            receive_frame(view, meta, now)
+            receive_frame(view, meta, now, fanout)
         return self.host.take_touched()
 
     def spin(self, budget: int) -> tuple[list[UdpEngine], int]:
@@ -532,6 +584,15 @@ class RawStack:
         for sender in self._senders.values():
             close_in_background(sender.close)
         self._senders.clear()
+        for fanout in self.fanout.values():
+            close_in_background(fanout.close)
+        self.fanout.clear()
         close_in_background(self.receiver.close)
         self._monitor.close()
         self._rtnl.close()
+
+
+def fanout_group(entry: FilterEntry) -> int:
+    """The 16-bit ``PACKET_FANOUT`` group id of a ``reuse_port`` address and port."""
+    key = bytes([entry.family]) + (entry.local_ip or b"") + entry.local_port.to_bytes(2, "big")
+    return zlib.crc32(b"rawtransport reuse_port " + key) & 0xFFFF

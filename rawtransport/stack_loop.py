@@ -23,7 +23,9 @@ import os
 import weakref
 from typing import Protocol
 
+from rawtransport.endpoint import RawUdpEndpoint
 from rawtransport.engine import UdpEngine
+from rawtransport.ring_setup import Receiver
 from rawtransport.stack import RawStack, StackOptions
 from rawtransport.workers import run_in_new_thread
 
@@ -131,15 +133,25 @@ class LoopStack:
 
     # ------------------------------------------------------------------------------ endpoints
     def attach(self, engine: UdpEngine, consumer: StackConsumer) -> None:
-        """Deliver ``engine``'s news to ``consumer`` (its endpoint is registered on the stack)."""
+        """Deliver ``engine``'s news to ``consumer`` (its endpoint is registered on the stack),
+        and read its ``PACKET_FANOUT`` receiver if it has one (``reuse_port``)."""
         self._consumers[engine] = consumer
+        fanout = self.stack.fanout.get(engine)
+        if fanout is not None:
+            self.loop.add_reader(fanout.fileno(), self._read_ready, fanout)
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
 
-    def detach(self, engine: UdpEngine) -> None:
-        """Stop delivering to ``engine``'s consumer; an idle stack lingers, then closes."""
+    def release(self, endpoint: RawUdpEndpoint) -> None:
+        """Stop delivering to the endpoint's consumer and close the endpoint (its guard, its
+        table entry, its fanout receiver); an idle stack lingers, then closes."""
+        engine = endpoint.engine
         self._consumers.pop(engine, None)
+        fanout = self.stack.fanout.get(engine)
+        if fanout is not None:
+            self.loop.remove_reader(fanout.fileno())  # before the stack closes it
+        endpoint.close()
         if not self.stack.endpoints and not self.closed and self._linger is None:
             self._linger = self.loop.call_later(LINGER, self._close_if_idle)
 
@@ -155,7 +167,8 @@ class LoopStack:
         self.closed = True
         loop = self._loop()
         if loop is not None and not loop.is_closed():
-            loop.remove_reader(self.stack.receiver.fileno())
+            for receiver in (self.stack.receiver, *self.stack.fanout.values()):
+                loop.remove_reader(receiver.fileno())
             loop.remove_reader(self.stack.netlink_fileno())
         for handle in (self._timer, self._linger):
             if handle is not None:
@@ -163,10 +176,10 @@ class LoopStack:
         self._finalizer()  # stack.close(), once
 
     # -------------------------------------------------------------------------------- reading
-    def _read_ready(self) -> None:
+    def _read_ready(self, fanout: Receiver | None = None) -> None:
         stack = self.stack
         try:
-            touched = stack.read_ready(self.loop.time(), READ_BUDGET)
+            touched = stack.read_ready(self.loop.time(), READ_BUDGET, fanout)
         except OSError as exc:
             # A read error of the shared socket (ENETDOWN when a bound interface vanished ...):
             # every endpoint's socket would have reported it.
@@ -175,7 +188,7 @@ class LoopStack:
             if exc.errno in _DEAD and stack.ifindex is not None:
                 # The interface the receiver is bound to is gone (packet_notifier()): its socket
                 # stays readable with the error; stop reading it rather than spin.
-                self.loop.remove_reader(stack.receiver.fileno())
+                self.loop.remove_reader((fanout or stack.receiver).fileno())
             return
         self._deliver(touched)
         if stack.spin_us:

@@ -466,8 +466,7 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             self._flush_handle.cancel()
             self._flush_handle = None
         self._remove_writer()
-        self._ep.close()
-        self._stack.detach(self._ep.engine)
+        self._stack.release(self._ep)
 
     def __repr__(self) -> str:
         state = "closed" if self._conn_lost else "closing" if self._closing else "open"

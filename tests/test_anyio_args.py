@@ -80,7 +80,6 @@ def test_missing_family_message_is_anyios() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        pytest.param({"reuse_port": True}, ValueError, "reuse_port", id="reuse-port"),
         pytest.param({"receive_queue": 0}, ValueError, "receive_queue", id="queue-zero"),
         pytest.param({"receive_queue": "8"}, TypeError, "receive_queue", id="queue-str"),
         pytest.param({"receive_queue": True}, TypeError, "receive_queue", id="queue-bool"),

@@ -188,3 +188,22 @@ def test_neighbour_replies_and_foreign_frames_are_the_hosts() -> None:
     assert isinstance(neighbour, dict)
     assert neighbour["unsolicited"] == 1
     assert s["dropped_total"] == 1
+
+
+def test_a_neighbours_queue_is_bounded_by_bytes_as_the_kernels() -> None:
+    """unres_qlen_bytes (212992): 200 small datagrams wait for one resolution and all leave; the
+    queue refuses what would pass the byte budget (a 65-datagram burst is no longer cut at 64)."""
+    h = host()
+    e = endpoint(h, local_ip=ME4)
+    for i in range(200):
+        e.send_datagram(b"%03d" % i, (PEER4, 9), route(PEER4), 0.0)
+    assert e.pending_resolution == 200
+    big = endpoint(h, 6000, local_ip=ME4)
+    for _ in range(10):
+        big.send_datagram(bytes(60000), (PEER4, 9), route(PEER4), 0.0)
+    assert big.pending_resolution == 0, "over the byte budget: refused"
+    assert h.neigh.stats["pending_overflow"] == 10
+    e.frames_to_send()
+    h.receive_frame(arp_reply(), META, 0.1)
+    frames = e.frames_to_send()
+    assert [f.frame[-3:] for f in frames] == [b"%03d" % i for i in range(200)]

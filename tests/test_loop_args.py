@@ -67,11 +67,3 @@ def test_removed_reuse_address_is_an_unexpected_keyword() -> None:
     assert "unexpected keyword argument 'reuse_address'" in raw[1]
 
 
-def test_reuse_port_is_refused_with_a_reason() -> None:
-    async def main() -> None:
-        with pytest.raises(ValueError, match="reuse_port"):
-            await create_raw_datagram_endpoint(
-                asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0), reuse_port=True
-            )
-
-    asyncio.run(main())
