@@ -369,6 +369,197 @@ done:
 	return out;
 }
 
+/*
+ * The TPACKET_V2 receive ring (Documentation/networking/packet_mmap.rst, linux/if_packet.h).
+ * Each slot starts with a struct tpacket2_hdr, then the struct sockaddr_ll at
+ * TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) = 32; the frame is at tp_mac from the slot start.
+ */
+#define TP_STATUS_KERNEL 0x0
+#define TP_STATUS_USER 0x1
+#define TP_STATUS_COPY 0x2
+#define V2_LEN 4
+#define V2_SNAPLEN 8
+#define V2_MAC 12
+#define V2_IFINDEX (32 + 4)
+#define V2_HATYPE (32 + 8)
+#define V2_PKTTYPE (32 + 10)
+#define TPACKET2_HDRLEN (32 + 20)
+
+static uint32_t load_u32(const uint8_t *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static uint16_t load_u16(const uint8_t *p)
+{
+	uint16_t v;
+
+	memcpy(&v, p, 2);
+	return v;
+}
+
+/* Give a slot back: everything read from it happens before the kernel may refill it. */
+static void release_slot(uint8_t *slot)
+{
+	uint32_t kernel = TP_STATUS_KERNEL;
+
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	memcpy(slot, &kernel, 4);
+}
+
+PyDoc_STRVAR(v2_read_doc,
+	     "v2_read(ring, index, budget, frame_count, frames_per_block, block_size, frame_size, /)\n\n"
+	     "Walk a TPACKET_V2 ring from slot index as ring.V2Walker.next_frame() does, for up to\n"
+	     "budget frames, giving every slot back once read. Returns (frames, index, laps,\n"
+	     "corrupt): frames is a list of (data, ifindex, pkttype, status, hatype, truncated) with\n"
+	     "data the frame's bytes, or None for a TP_STATUS_COPY slot (the whole frame waits in\n"
+	     "the socket's queue); laps counts wraps; corrupt lists the reasons of skipped slots.");
+
+static PyObject *py_v2_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	Py_buffer ring;
+	Py_ssize_t index, budget, count, per_block, block_size, frame_size, laps = 0;
+	PyObject *frames = NULL, *corrupt = NULL, *result = NULL;
+
+	(void)self;
+	if (nargs != 7) {
+		PyErr_SetString(PyExc_TypeError, "v2_read() takes 7 arguments");
+		return NULL;
+	}
+	if (PyObject_GetBuffer(args[0], &ring, PyBUF_WRITABLE) < 0)
+		return NULL;
+	index = PyLong_AsSsize_t(args[1]);
+	budget = PyLong_AsSsize_t(args[2]);
+	count = PyLong_AsSsize_t(args[3]);
+	per_block = PyLong_AsSsize_t(args[4]);
+	block_size = PyLong_AsSsize_t(args[5]);
+	frame_size = PyLong_AsSsize_t(args[6]);
+	if (PyErr_Occurred())
+		goto out;
+	/*
+	 * The geometry is ours (ring.RingGeometry checked it), but the slot arithmetic below must
+	 * stay inside the buffer whatever it says: check it once here.
+	 */
+	if (count < 1 || per_block < 1 || frame_size < TPACKET2_HDRLEN || block_size < 1 ||
+	    frame_size > ring.len || block_size > ring.len || count > ring.len ||
+	    per_block > block_size / frame_size || index < 0 || index >= count || budget < 0 ||
+	    /* The last slot ends inside the buffer (all operands <= ring.len: no overflow). */
+	    ((count - 1) / per_block) * block_size + ((count - 1) % per_block) * frame_size >
+		    ring.len - frame_size) {
+		PyErr_SetString(PyExc_ValueError, "v2_read(): geometry outside the ring");
+		goto out;
+	}
+	frames = PyList_New(0);
+	corrupt = PyList_New(0);
+	if (frames == NULL || corrupt == NULL)
+		goto out;
+	/* Each skipped slot is given back, so at most one lap is examined (as next_frame()). */
+	for (Py_ssize_t seen = 0; seen < count && PyList_GET_SIZE(frames) < budget; seen++) {
+		uint8_t *slot = (uint8_t *)ring.buf + (index / per_block) * block_size +
+				(index % per_block) * frame_size;
+		uint32_t status = load_u32(slot), len, snaplen;
+		uint16_t mac;
+		PyObject *data, *item;
+
+		if (!(status & TP_STATUS_USER))
+			break;
+		/* tpacket_rcv() sets tp_status last (smp_wmb()): read the rest after it. */
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (++index == count) {
+			index = 0;
+			laps++;
+		}
+		len = load_u32(slot + V2_LEN);
+		snaplen = load_u32(slot + V2_SNAPLEN);
+		mac = load_u16(slot + V2_MAC);
+		if (mac < TPACKET2_HDRLEN || (Py_ssize_t)snaplen > frame_size - mac) {
+			PyObject *reason = PyUnicode_FromString(mac < TPACKET2_HDRLEN ? "ring_mac_offset"
+											: "ring_frame_bounds");
+			release_slot(slot);
+			if (reason == NULL || PyList_Append(corrupt, reason) < 0) {
+				Py_XDECREF(reason);
+				goto fail;
+			}
+			Py_DECREF(reason);
+			continue;
+		}
+		if (status & TP_STATUS_COPY) {
+			data = Py_NewRef(Py_None);
+		} else {
+			data = PyBytes_FromStringAndSize((const char *)slot + mac, snaplen);
+			if (data == NULL)
+				goto fail;
+		}
+		item = Py_BuildValue("(NiIIHO)", data, (int)load_u32(slot + V2_IFINDEX),
+				     (unsigned int)slot[V2_PKTTYPE], (unsigned int)status,
+				     load_u16(slot + V2_HATYPE),
+				     (snaplen < len || (status & TP_STATUS_COPY)) ? Py_True : Py_False);
+		release_slot(slot);
+		if (item == NULL || PyList_Append(frames, item) < 0) {
+			Py_XDECREF(item);
+			goto fail;
+		}
+		Py_DECREF(item);
+	}
+	result = Py_BuildValue("(OnnO)", frames, index, laps, corrupt);
+	goto out;
+fail:
+	result = NULL;
+out:
+	Py_XDECREF(frames);
+	Py_XDECREF(corrupt);
+	PyBuffer_Release(&ring);
+	return result;
+}
+
+PyDoc_STRVAR(peek_udp_doc,
+	     "peek_udp(frame, /)\n\n"
+	     "host.peek_udp() in C: (src, dst, sport, dport) of an untagged Ethernet UDP frame read\n"
+	     "without checks, 'fragment' for a fragment, or None for anything else.");
+
+static PyObject *fragment_str;
+
+static PyObject *py_peek_udp(PyObject *self, PyObject *arg)
+{
+	Py_buffer buf;
+	const uint8_t *d;
+	PyObject *result;
+	Py_ssize_t n;
+
+	(void)self;
+	if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
+		return NULL;
+	d = buf.buf;
+	n = buf.len;
+	result = Py_None;
+	if (n >= 42 && d[12] == 0x08 && d[13] == 0x00) {
+		if (d[23] == IPPROTO_UDP_) {
+			Py_ssize_t off = ETH_HLEN + ((d[14] & 0x0F) << 2);
+
+			if ((d[20] & 0x3F) || d[21])
+				result = fragment_str; /* ip_is_fragment(): MF or an offset */
+			else if (off + UDP_HLEN <= n)
+				result = Py_BuildValue("(y#y#ii)", d + 26, (Py_ssize_t)4, d + 30,
+						       (Py_ssize_t)4, (d[off] << 8) | d[off + 1],
+						       (d[off + 2] << 8) | d[off + 3]);
+		}
+	} else if (n >= 62 && d[12] == 0x86 && d[13] == 0xDD) {
+		if (d[20] == IPPROTO_UDP_)
+			result = Py_BuildValue("(y#y#ii)", d + 22, (Py_ssize_t)16, d + 38,
+					       (Py_ssize_t)16, (d[54] << 8) | d[55],
+					       (d[56] << 8) | d[57]);
+		else if (d[20] == 44) /* an IPv6 Fragment header first */
+			result = fragment_str;
+	}
+	PyBuffer_Release(&buf);
+	if (result == Py_None || result == fragment_str)
+		return Py_NewRef(result);
+	return result; /* a new tuple, or NULL with the error set */
+}
+
 PyDoc_STRVAR(init_doc, "init(udp_datagram_type, /)\n\n"
 		       "Hand over the UdpDatagram class the parser returns instances of.");
 
@@ -398,6 +589,8 @@ static PyMethodDef datapath_methods[] = {
 	 build_udp_fast_doc},
 	{"parse_udp_fast", (PyCFunction)(void (*)(void))py_parse_udp_fast, METH_FASTCALL,
 	 parse_udp_fast_doc},
+	{"peek_udp", py_peek_udp, METH_O, peek_udp_doc},
+	{"v2_read", (PyCFunction)(void (*)(void))py_v2_read, METH_FASTCALL, v2_read_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -411,5 +604,8 @@ static struct PyModuleDef datapath_module = {
 
 PyMODINIT_FUNC PyInit__datapath(void)
 {
+	fragment_str = PyUnicode_InternFromString("fragment");
+	if (fragment_str == NULL)
+		return NULL;
 	return PyModule_Create(&datapath_module);
 }

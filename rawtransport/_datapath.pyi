@@ -17,3 +17,14 @@ def build_udp_fast(
     ttl: int,
     /,
 ) -> bytes: ...
+def peek_udp(frame: _Buffer, /) -> tuple[bytes, bytes, int, int] | str | None: ...
+def v2_read(
+    ring: _Buffer,
+    index: int,
+    budget: int,
+    frame_count: int,
+    frames_per_block: int,
+    block_size: int,
+    frame_size: int,
+    /,
+) -> tuple[list[tuple[bytes | None, int, int, int, int, bool]], int, int, list[str]]: ...

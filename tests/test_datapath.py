@@ -363,3 +363,96 @@ def test_engine_outcomes_match_on_mutated_check_frames(data: st.DataObject) -> N
         del frame[data.draw(st.integers(0, len(frame))) :]
     got = bytes(frame)
     assert _engine_outcome(case, got, C.parse_udp_fast) == _engine_outcome(case, got, parse_udp_py)
+
+
+# ----------------------------------------------------------------------- the ring and the peek
+@given(frame=frames)
+@example(frame=bytes(42))
+@example(frame=bytes(12) + b"\x08\x00" + b"\x4f" + bytes(8) + b"\x11" + bytes(18))
+def test_peek_matches_reference(frame: bytes) -> None:
+    from rawtransport.host import peek_py
+
+    assert C.peek_udp(frame) == peek_py(frame)
+    assert C.peek_udp(memoryview(frame)) == peek_py(frame)
+
+
+_V2_STATUSES = st.sampled_from([0, 1, 1, 1, 1 | 2, 1 | 4, 1 | 0x80, 2, 0xFFFFFFFF])
+
+
+@st.composite
+def v2_rings(draw: st.DrawFn) -> tuple[Any, bytearray, int, int]:
+    """A TPACKET_V2 ring of random geometry whose slots the 'kernel' filled at random: ready or
+    not, copy-flagged, with sane or impossible tp_mac/tp_snaplen, truncated or whole."""
+    from rawtransport.ring import TPACKET2_HDRLEN, RingGeometry
+
+    frame_size = draw(st.sampled_from([128, 256, 2048]))
+    per_block = draw(st.integers(1, 4))
+    slack = draw(st.sampled_from([0, 16, 4096]))
+    block = 4096
+    while block < per_block * frame_size + slack:  # a power-of-two multiple of the page
+        block *= 2
+    g = RingGeometry(version=2, block_size=block, block_count=draw(st.integers(1, 3)),
+                     frame_size=frame_size)  # fmt: skip
+    buf = bytearray(g.size)
+    for i in range(g.frame_count):
+        base = g.frame_offset(i)
+        mac = draw(st.sampled_from([TPACKET2_HDRLEN, 66, 80, 0, 40, frame_size - 10, 0xFFFF]))
+        data = draw(st.binary(max_size=frame_size))
+        snap = draw(st.sampled_from([len(data), len(data) // 2, frame_size, 0xFFFFFFFF]))
+        tp_len = draw(st.sampled_from([snap, snap + 100, 0]))
+        struct.pack_into("=IIIHH", buf, base, 0, tp_len & 0xFFFFFFFF, snap, mac, 0)
+        struct.pack_into(
+            "=iHB", buf, base + 36, draw(st.integers(-1, 5)), 1, draw(st.integers(0, 7))
+        )
+        if base + mac + len(data) <= base + frame_size:
+            buf[base + mac : base + mac + len(data)] = data
+        struct.pack_into("=I", buf, base, draw(_V2_STATUSES))
+    return g, buf, draw(st.integers(0, g.frame_count - 1)), draw(st.integers(0, 12))
+
+
+@given(ring=v2_rings())
+def test_ring_walk_matches_the_python_walker(ring: tuple[Any, bytearray, int, int]) -> None:
+    """v2_read() takes the frames V2Walker.next_frame() would, in order, with the same metadata,
+    counts the same corrupt slots, ends at the same slot, and gives back the same slots."""
+    from rawtransport.ring import V2Walker
+
+    g, buf, start, budget = ring
+    ref_buf = bytearray(buf)
+    walker = V2Walker(ref_buf, g)
+    walker._index = start
+    laps_before = getattr(walker, "_laps", 0)
+    expected = []
+    for _ in range(budget):
+        got = walker.next_frame()
+        if got is None:
+            break
+        off, n, meta = got
+        data = None if meta.status & 2 else bytes(ref_buf[off : off + n])
+        expected.append(
+            (data, meta.ifindex, meta.pkttype, meta.status, meta.hatype, meta.truncated)
+        )
+    walker.release()
+    frames, index, laps, corrupt = C.v2_read(
+        buf, start, budget, g.frame_count, g.frames_per_block, g.block_size, g.frame_size
+    )
+    assert frames == expected
+    assert index == walker.index
+    if hasattr(walker, "_laps"):
+        assert laps == walker._laps - laps_before
+    counted: dict[str, int] = {}
+    for reason in corrupt:
+        counted[reason] = counted.get(reason, 0) + 1
+    assert counted == walker.corrupt
+    assert buf == ref_buf, "the same slots given back"
+
+
+def test_ring_walk_refuses_a_geometry_outside_the_buffer() -> None:
+    buf = bytearray(4096)
+    with pytest.raises(ValueError, match="geometry"):
+        C.v2_read(buf, 0, 1, 3, 2, 4096, 2048)  # the second block is not there
+    with pytest.raises(ValueError, match="geometry"):
+        C.v2_read(buf, 2, 1, 2, 2, 4096, 2048)  # index past the last slot
+    with pytest.raises(ValueError, match="geometry"):
+        C.v2_read(buf, 0, 1, 1, 3, 4096, 2048)  # more slots than the block holds
+    with pytest.raises(BufferError):
+        C.v2_read(bytes(4096), 0, 1, 1, 1, 4096, 2048)  # read-only: slots cannot be given back
