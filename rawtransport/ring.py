@@ -16,6 +16,12 @@ This module never maps memory or touches a socket: the walkers work over any wri
 treat the ring as untrusted input: a header pointing outside its frame or block, an absurd packet
 count or an offset chain that does not move forward is counted and skipped (never followed), so a
 walker never reads outside its slot and never loops.
+
+A walker can also be left behind by the kernel: under overload, a V2 slot can stay kernel-owned
+for good while the kernel fills the slots after it (libpcap issue 898, Suricata's "fix kernel offset
+issue"), and a walker that waits there waits until the kernel laps the whole ring.
+:meth:`V2Walker.resync` (the same for V3 blocks) looks past such a slot once the wait has lasted,
+and counts the jump.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from rawtransport.errors import MalformedPacketError
 __all__ = [
     "BLOCK_DESC",
     "MAX_RING_BYTES",
+    "RESYNC_AFTER",
+    "RESYNC_MAX_PAUSE",
     "SOCKADDR_LL",
     "TPACKET2_HDR",
     "TPACKET2_HDRLEN",
@@ -66,6 +74,15 @@ _U32_MAX: Final = 0xFFFF_FFFF
 MAX_RING_BYTES: Final = 64 << 20
 #: Cap on the V3 block timer, in milliseconds.
 MAX_RETIRE_BLK_TOV: Final = 60_000
+#: Seconds a walker's slot (V2) or block (V3) must stay kernel-owned, with a later one ready, before
+#: ``resync()`` jumps to the later one, counted twice (see ``_Resync``). tpacket_rcv() runs in
+#: softirq context and publishes a slot it claimed within microseconds (tens of them on a busy VM);
+#: a wait this long means the slot was left behind. Short next to any timeout a sender keeps.
+RESYNC_AFTER: Final = 0.001
+#: Longest pause, in seconds, between two looks ahead while nothing is ready anywhere (an idle ring
+#: polled by a spinning caller): the pause doubles from :data:`RESYNC_AFTER` up to this, so an idle
+#: ring costs one look (a status word per slot) per this long at most.
+RESYNC_MAX_PAUSE: Final = 0.1
 
 
 _META_CACHE: dict[tuple[int, int, int, int, bool], FrameMeta] = {}
@@ -252,14 +269,111 @@ class RingGeometry:
 # the per-frame hot path.)
 
 
-class V2Walker:
+class _Resync:
+    """Recovery from a slot (V2) or block (V3) the kernel left behind; shared by both walkers.
+
+    A walker stops at the first slot the kernel still owns, which is right while the kernel fills
+    slots in order. Under overload it does not always: tpacket_rcv() can move its head past a V2
+    slot whose frame never becomes ready (seen here after bursts from two CPUs, and from one), and
+    go on filling the slots after it. The walker then waits at that slot until the kernel laps the
+    whole ring, frames pile up behind it, and ``packet_poll()``, which looks at the slot before the
+    kernel's head and not at the walker's, keeps the socket readable: an idle process spins.
+
+    :meth:`resync` is the way out, for a caller to call each time ``next_frame()`` found nothing
+    (callers come back while the socket polls readable, so a wait that lasts is the evidence):
+
+    - the first call at a slot reads nothing; it notes the time;
+    - once the walker has waited there :data:`RESYNC_AFTER`, a call looks ahead (one status word
+      per slot, at most one lap, stopping at the first ready one);
+    - a ready slot ahead, seen twice :data:`RESYNC_AFTER` apart with the walker's slot the kernel's
+      all along, is a gap, not a slot still being filled: the walker jumps to it, counts the jump in
+      :attr:`resyncs` and the slots passed in :attr:`resync_skipped`, and goes on in the kernel's
+      order from there. A passed slot the kernel fills later is met again a lap later;
+    - nothing ready ahead (the idle case) doubles the pause before the next look, up to
+      :data:`RESYNC_MAX_PAUSE`.
+
+    A walker that keeps up never looks ahead (it moves on before a look is due), and no slot is
+    passed while tpacket_rcv() may still be filling it, so frames keep the kernel's order; only a
+    fill stalled for longer (a vCPU taken away mid-fill) would see its frame come a lap late.
+    A passed slot whose frame was really lost shows in the kernel's count of packets and not in the
+    frames read: :attr:`resync_skipped` bounds how many.
+    """
+
+    __slots__ = (
+        "_gap_seen",
+        "_laps",
+        "_look_at",
+        "_pause",
+        "_waiting_at",
+        "resync_skipped",
+        "resyncs",
+    )
+
+    def __init__(self) -> None:
+        #: Jumps over slots (V2) or blocks (V3) the kernel left behind.
+        self.resyncs = 0
+        #: Slots (V2) or blocks (V3) passed over by those jumps, in total.
+        self.resync_skipped = 0
+        # Times the walker wrapped around the ring: with the index it says where the walker is, so
+        # a walker back at the same slot a lap later does not inherit an old wait.
+        self._laps = 0
+        self._waiting_at = -1
+        self._look_at = 0.0
+        self._pause = RESYNC_AFTER
+        self._gap_seen = False
+
+    def _position(self) -> int:
+        raise NotImplementedError
+
+    def _ready_ahead(self) -> int:
+        """How far ahead the first ready slot is (0: the current one is ready, or none is)."""
+        raise NotImplementedError
+
+    def _skip(self, distance: int) -> None:
+        raise NotImplementedError
+
+    def resync(self, now: float) -> bool:
+        """``next_frame()`` found nothing: jump past a slot the kernel left behind, if there is one.
+
+        ``now`` is a monotonic time in seconds. Returns True when the walker jumped (call
+        ``next_frame()`` again: the slot it now looks at is ready). See the class notes for when.
+        """
+        position = self._position()
+        if position != self._waiting_at:
+            # The walker moved since the last call: start timing the wait here, read nothing.
+            self._waiting_at = position
+            self._look_at = now + RESYNC_AFTER
+            self._pause = RESYNC_AFTER
+            self._gap_seen = False
+            return False
+        if now < self._look_at:
+            return False
+        distance = self._ready_ahead()
+        if not distance:
+            self._gap_seen = False
+            self._pause = min(self._pause * 2, RESYNC_MAX_PAUSE)
+            self._look_at = now + self._pause
+            return False
+        if not self._gap_seen:
+            # Seen once: give a tpacket_rcv() that may still be filling our slot time to finish.
+            self._gap_seen = True
+            self._look_at = now + RESYNC_AFTER
+            return False
+        self._skip(distance)
+        self.resyncs += 1
+        self.resync_skipped += distance
+        return True
+
+
+class V2Walker(_Resync):
     """Walks a TPACKET_V2 ring in kernel order, one frame at a time.
 
     :meth:`next_frame` first gives back the frame it returned last (``tp_status =
     TP_STATUS_KERNEL``), then returns ``(offset, length, meta)`` of the next ready frame, or
     ``None`` when the next slot still belongs to the kernel. The caller must copy what it needs
     before calling again. Frames whose header points outside their slot are counted in
-    :attr:`corrupt`, given back and skipped.
+    :attr:`corrupt`, given back and skipped. When ``next_frame()`` finds nothing, :meth:`resync`
+    recovers from a slot the kernel left behind (counted in :attr:`resyncs`).
     """
 
     __slots__ = (
@@ -274,6 +388,7 @@ class V2Walker:
     )
 
     def __init__(self, buf: memoryview | bytearray, geometry: RingGeometry) -> None:
+        super().__init__()
         if geometry.version != 2:
             raise ValueError("V2Walker needs a TPACKET_V2 geometry")
         if len(buf) < geometry.size:
@@ -327,7 +442,11 @@ class V2Walker:
             )
             if not status & TP_STATUS_USER:
                 return None
-            self._index = index + 1 if index + 1 < count else 0
+            if index + 1 < count:
+                self._index = index + 1
+            else:
+                self._index = 0
+                self._laps += 1
             # tpacket_rcv() puts the frame at macoff >= tp_hdrlen and clips snaplen to the slot.
             if mac < TPACKET2_HDRLEN or mac + snaplen > frame_size:
                 try:
@@ -341,6 +460,30 @@ class V2Walker:
             return base + mac, snaplen, frame_meta(ifindex, pkttype, status, hatype, truncated)
         return None
 
+    def _position(self) -> int:
+        return self._laps * len(self._offsets) + self._index
+
+    def _ready_ahead(self) -> int:
+        buf = self._buf
+        offsets = self._offsets
+        count = len(offsets)
+        index = self._index
+        if _U32.unpack_from(buf, offsets[index])[0] & TP_STATUS_USER:
+            return 0  # filled since next_frame() looked: no gap
+        # One status word per slot, at most one lap, stopping at the first ready slot.
+        for distance in range(1, count):
+            if _U32.unpack_from(buf, offsets[(index + distance) % count])[0] & TP_STATUS_USER:
+                return distance
+        return 0
+
+    def _skip(self, distance: int) -> None:
+        count = len(self._offsets)
+        index = self._index + distance
+        if index >= count:
+            index -= count
+            self._laps += 1
+        self._index = index
+
     def _check(self, mac: int, snaplen: int) -> None:
         """Raise the reason a frame's bounds are impossible."""
         if mac < TPACKET2_HDRLEN:
@@ -351,7 +494,7 @@ class V2Walker:
             )
 
 
-class V3Walker:
+class V3Walker(_Resync):
     """Walks a TPACKET_V3 ring block by block, packet by packet within a block.
 
     :meth:`next_frame` returns ``(offset, length, meta)`` of the next packet, or ``None`` when the
@@ -361,6 +504,12 @@ class V3Walker:
     (packet count, first offset or length out of range) is skipped whole; a packet that points
     outside the block ends the block (the chain after it cannot be trusted). Both are counted in
     :attr:`corrupt`.
+
+    :meth:`resync` works as for V2, a block at a time. The kernel hands blocks over in order
+    (``prb_retire_current_block()`` and ``prb_dispatch_next_block()`` run under the queue lock, and
+    a block user space still holds freezes the queue rather than being passed over), so a V3 gap is
+    not expected and none showed under the overload that strands V2 rings; the recovery is there so
+    that one could not strand the walker either.
     """
 
     __slots__ = (
@@ -377,6 +526,7 @@ class V3Walker:
     )
 
     def __init__(self, buf: memoryview | bytearray, geometry: RingGeometry) -> None:
+        super().__init__()
         if geometry.version != 3:
             raise ValueError("V3Walker needs a TPACKET_V3 geometry")
         if len(buf) < geometry.size:
@@ -410,7 +560,39 @@ class V3Walker:
         if self._open and self._remaining == 0:
             _U32.pack_into(self._buf, self._block_base + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
             self._open = False
-            self._block = self._block + 1 if self._block + 1 < self._geometry.block_count else 0
+            if self._block + 1 < self._geometry.block_count:
+                self._block += 1
+            else:
+                self._block = 0
+                self._laps += 1
+
+    def _position(self) -> int:
+        return self._laps * self._geometry.block_count + self._block
+
+    def _ready_ahead(self) -> int:
+        if self._open:
+            return 0  # reading a block: not waiting on the kernel
+        block_size = self._geometry.block_size
+        count = self._geometry.block_count
+        block = self._block
+        if (
+            _U32.unpack_from(self._buf, block * block_size + _BLOCK_STATUS_OFFSET)[0]
+            & TP_STATUS_USER
+        ):
+            return 0
+        for distance in range(1, count):
+            base = (block + distance) % count * block_size
+            if _U32.unpack_from(self._buf, base + _BLOCK_STATUS_OFFSET)[0] & TP_STATUS_USER:
+                return distance
+        return 0
+
+    def _skip(self, distance: int) -> None:
+        count = self._geometry.block_count
+        block = self._block + distance
+        if block >= count:
+            block -= count
+            self._laps += 1
+        self._block = block
 
     def _open_block(self) -> bool:
         """Open the next block if the kernel handed it over; False when it is still the kernel's."""

@@ -34,6 +34,7 @@ import mmap
 import os
 import socket
 import struct
+import time
 from typing import Final
 
 from rawtransport.bpf import Program
@@ -206,6 +207,12 @@ class RingReceiver:
         """Ring headers the walker refused and skipped, by reason."""
         return self._walker.corrupt
 
+    @property
+    def ring_resyncs(self) -> dict[str, int]:
+        """Jumps over ring slots (V2) or blocks (V3) the kernel left behind, and how many were passed
+        over (``resyncs``, ``skipped``): see :meth:`rawtransport.ring.V2Walker.resync`."""
+        return {"resyncs": self._walker.resyncs, "skipped": self._walker.resync_skipped}
+
     def recv(self) -> tuple[memoryview, FrameMeta]:
         """The next frame in the ring (``BlockingIOError`` when none is ready).
 
@@ -219,7 +226,12 @@ class RingReceiver:
         if self._closed:
             raise OSError(errno.EBADF, "the ring receiver is closed")
         got = self._walker.next_frame()
-        if got is None:
+        # The kernel can leave the walker's slot behind with frames ready after it (see
+        # V2Walker.resync): callers come back while packet_poll() says readable, and resync() jumps
+        # once that wait has lasted. Until then it reads nothing but the clock.
+        if got is None and (
+            not self._walker.resync(time.monotonic()) or (got := self._walker.next_frame()) is None
+        ):
             raise BlockingIOError(errno.EAGAIN, "no frame ready in the ring")
         offset, length, meta = got
         if meta.status & TP_STATUS_COPY:

@@ -33,7 +33,7 @@ from rawtransport.host import Host
 from rawtransport.link import PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
 from rawtransport.nft import NftError
-from rawtransport.ring_setup import RX_MODES, Receiver, TxRing, open_receiver
+from rawtransport.ring_setup import RX_MODES, Receiver, RingReceiver, TxRing, open_receiver
 from rawtransport.route import LinkInfo, LocalAddresses, Route, RouteCache
 from rawtransport.workers import close_in_background
 
@@ -573,6 +573,11 @@ class RawStack:
         packets, drops = self.receiver.statistics()
         stats["kernel_packets"] = packets
         stats["kernel_drops"] = drops
+        if isinstance(self.receiver, RingReceiver):
+            # Ring slots the kernel left behind that the walker passed (ring.py, resync()), and
+            # ring headers it refused: neither happens with a sane kernel at a sane load.
+            stats["ring_resyncs"] = self.receiver.ring_resyncs
+            stats["ring_corrupt"] = dict(self.receiver.ring_corrupt)
         return stats
 
     def close(self) -> None:

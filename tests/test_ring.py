@@ -7,13 +7,18 @@ so a layout mistake in :mod:`rawtransport.ring` shows up as a failure rather tha
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rawtransport import ring
+from rawtransport.engine_types import FrameMeta
 from rawtransport.ring import (
     MAX_RING_BYTES,
+    RESYNC_AFTER,
+    RESYNC_MAX_PAUSE,
     TP_STATUS_COPY,
     TP_STATUS_KERNEL,
     TP_STATUS_LOSING,
@@ -620,3 +625,339 @@ def test_v3_mutated_real_blocks_stay_in_bounds(mutations: list[tuple[int, int]])
         off, n, _ = got
         assert off >= _BLOCK_HDR + TPACKET3_HDRLEN
         assert off + n <= V3.block_size
+
+
+# ------------------------------------------------------------------------ gap recovery (resync)
+# Under overload the kernel can leave a V2 slot kernel-owned while it fills the slots after it; the
+# walker waits there and resync() takes it past once the wait has lasted (see ring._Resync).
+
+#: A step a hair longer than RESYNC_AFTER: calls k steps apart are past each due time despite rounding.
+_TICK = RESYNC_AFTER * 1.001
+
+
+def _v2_walker_at(buf: bytearray, geometry: RingGeometry, index: int) -> V2Walker:
+    """A walker that has read ``index`` frames, given them back, and now waits at slot ``index``."""
+    walker = V2Walker(buf, geometry)
+    for i in range(index):
+        _v2_frame(buf, geometry, i, b"old %d" % i)
+        assert walker.next_frame() is not None
+    assert walker.next_frame() is None
+    assert walker.index == index
+    return walker
+
+
+def _drain(buf: bytearray, walker: V2Walker | V3Walker) -> list[bytes]:
+    out = []
+    while (got := walker.next_frame()) is not None:
+        out.append(_read(buf, got))
+    return out
+
+
+class _CountingStruct:
+    """Stands in for one of ring.py's struct objects and counts the reads made through it."""
+
+    def __init__(self, inner: struct.Struct) -> None:
+        self.inner = inner
+        self.size = inner.size
+        self.reads = 0
+
+    def unpack_from(self, buf: memoryview | bytearray, offset: int = 0) -> tuple[int, ...]:
+        self.reads += 1
+        return tuple(self.inner.unpack_from(buf, offset))
+
+    def pack_into(self, buf: memoryview | bytearray, offset: int, *values: int) -> None:
+        self.inner.pack_into(buf, offset, *values)
+
+
+class _StatusReads:
+    """Every status word a V2 walker reads: with its frame header, or alone (``_U32``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.frame = _CountingStruct(ring._V2_FRAME)
+        self.word = _CountingStruct(ring._U32)
+        monkeypatch.setattr(ring, "_V2_FRAME", self.frame)
+        monkeypatch.setattr(ring, "_U32", self.word)
+
+    @property
+    def count(self) -> int:
+        return self.frame.reads + self.word.reads
+
+
+@pytest.fixture
+def status_reads(monkeypatch: pytest.MonkeyPatch) -> _StatusReads:
+    return _StatusReads(monkeypatch)
+
+
+def test_v2_resync_jumps_a_slot_the_kernel_left_behind_in_kernel_order() -> None:
+    buf = bytearray(V2.size)
+    walker = _v2_walker_at(buf, V2, 2)
+    for i in (3, 4, 5):  # slot 2 left kernel-owned, the kernel went on after it
+        _v2_frame(buf, V2, i, b"after %d" % i)
+    t = 1000.0
+    assert walker.next_frame() is None
+    assert not walker.resync(t)  # the wait starts here
+    assert not walker.resync(t + RESYNC_AFTER / 2)
+    assert not walker.resync(t + _TICK)  # a ready slot ahead, seen once: not yet
+    assert walker.next_frame() is None
+    assert walker.resyncs == 0
+    assert walker.resync(t + 2 * _TICK)  # seen again, slot 2 still the kernel's: a gap
+    assert (walker.resyncs, walker.resync_skipped) == (1, 1)
+    assert walker.index == 3
+    assert _drain(buf, walker) == [b"after 3", b"after 4", b"after 5"]
+    # The slot passed over is met again a lap later, in its place, once the kernel fills it.
+    for i in (6, 7, 0, 1, 2, 3):
+        _v2_frame(buf, V2, i, b"lap %d" % i)
+    assert _drain(buf, walker) == [b"lap %d" % i for i in (6, 7, 0, 1, 2, 3)]
+    assert walker.resyncs == 1
+    assert [_status2(buf, V2, i) for i in range(V2.frame_count)] == [TP_STATUS_KERNEL] * 8
+
+
+def test_v2_a_slot_still_being_filled_is_not_passed_over() -> None:
+    buf = bytearray(V2.size)
+    walker = _v2_walker_at(buf, V2, 2)
+    _v2_frame(buf, V2, 3, b"three")  # a second CPU finished slot 3 while slot 2 is being filled
+    t = 5.0
+    assert walker.next_frame() is None
+    assert not walker.resync(t)
+    assert not walker.resync(t + _TICK)  # seen once
+    _v2_frame(buf, V2, 2, b"two")  # tpacket_rcv() publishes slot 2
+    assert _drain(buf, walker) == [b"two", b"three"]
+    assert walker.resyncs == 0
+    # The walker moved: the next wait starts over and must see its own gap twice.
+    _v2_frame(buf, V2, 5, b"five")
+    assert walker.next_frame() is None
+    assert not walker.resync(t + 2 * _TICK)
+    assert not walker.resync(t + 3 * _TICK)
+    assert walker.resync(t + 4 * _TICK)
+    assert (walker.resyncs, walker.resync_skipped) == (1, 1)
+    assert _drain(buf, walker) == [b"five"]
+
+
+def test_v2_resync_wraps_around_the_ring() -> None:
+    buf = bytearray(V2.size)
+    last = V2.frame_count - 1
+    walker = _v2_walker_at(buf, V2, last - 1)  # waits at slot 6; 6 and 7 left behind
+    _v2_frame(buf, V2, 0, b"zero")
+    _v2_frame(buf, V2, 1, b"one")
+    t = 0.0
+    for k in range(3):
+        assert walker.next_frame() is None
+        jumped = walker.resync(t + k * _TICK)
+    assert jumped
+    assert (walker.index, walker.resyncs, walker.resync_skipped) == (0, 1, 2)
+    assert _drain(buf, walker) == [b"zero", b"one"]
+    # And back in step with the kernel's order afterwards: 2.. then the skipped 6 and 7.
+    for i in (2, 3, 4, 5, 6, 7):
+        _v2_frame(buf, V2, i, b"%d" % i)
+    assert _drain(buf, walker) == [b"%d" % i for i in (2, 3, 4, 5, 6, 7)]
+
+
+def test_v2_a_wait_a_lap_later_at_the_same_slot_starts_afresh() -> None:
+    buf = bytearray(V2.size)
+    walker = _v2_walker_at(buf, V2, 2)
+    _v2_frame(buf, V2, 3, b"3")
+    t = 0.0
+    assert not walker.resync(t)
+    assert not walker.resync(t + _TICK)  # seen once
+    _v2_frame(buf, V2, 2, b"2")
+    for i in (4, 5, 6, 7, 0, 1):
+        _v2_frame(buf, V2, i, b"%d" % i)
+    assert len(_drain(buf, walker)) == V2.frame_count  # a whole lap, back at slot 2
+    assert walker.index == 2
+    _v2_frame(buf, V2, 3, b"3 again")
+    # Same slot, a lap later: the old sighting must not count.
+    assert not walker.resync(t + 2 * _TICK)
+    assert not walker.resync(t + 3 * _TICK)
+    assert walker.resync(t + 4 * _TICK)
+
+
+def test_v2_idle_ring_costs_one_status_read_and_never_resyncs(
+    status_reads: _StatusReads,
+) -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    t = 0.0
+    assert walker.next_frame() is None
+    assert status_reads.count == 1  # next_frame(): the status word of its own slot
+    assert not walker.resync(t)
+    assert not walker.resync(t + RESYNC_AFTER / 2)
+    assert status_reads.count == 1  # resync() before a look is due: nothing
+    # Polled for 10 s as a spinning caller would, every 100 µs: looks back off to one per
+    # RESYNC_MAX_PAUSE, each one status word per slot.
+    polls = 100_000
+    before = status_reads.count
+    for k in range(polls):
+        now = t + k * 1e-4
+        assert walker.next_frame() is None
+        assert not walker.resync(now)
+    looks = (status_reads.count - before - polls) / V2.frame_count
+    assert walker.resyncs == 0
+    assert walker.resync_skipped == 0
+    doublings = int(RESYNC_MAX_PAUSE / RESYNC_AFTER).bit_length()
+    assert 1 <= looks <= doublings + 1 + 10 / RESYNC_MAX_PAUSE
+
+
+def test_v2_gap_after_a_long_idle_is_found_within_the_longest_pause() -> None:
+    buf = bytearray(V2.size)
+    walker = V2Walker(buf, V2)
+    now = 0.0
+    while now < 60:  # a minute of idle polling: the pause is at its longest
+        assert walker.next_frame() is None
+        assert not walker.resync(now)
+        now += 1e-3
+    _v2_frame(buf, V2, 1, b"behind a gap")
+    start = now
+    while walker.next_frame() is None:
+        walker.resync(now)
+        now += 1e-3
+        assert now - start <= RESYNC_MAX_PAUSE + 2 * RESYNC_AFTER + 0.01
+    assert walker.resyncs == 1
+
+
+def test_v2_resync_with_nothing_ahead_does_not_move() -> None:
+    buf = bytearray(V2.size)
+    walker = _v2_walker_at(buf, V2, 5)
+    for k in range(50):
+        assert not walker.resync(k * RESYNC_MAX_PAUSE)
+    assert walker.index == 5
+    assert walker.resyncs == 0
+
+
+def test_v3_resync_jumps_a_block_left_behind() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    _v3_block(buf, V3, 0, [b"first"])
+    assert _drain(buf, walker) == [b"first"]
+    assert walker.block == 1
+    _v3_block(buf, V3, 2, [b"x", b"y"])  # block 1 still the kernel's, block 2 handed over
+    t = 7.0
+    assert not walker.resync(t)
+    assert not walker.resync(t + _TICK)
+    assert walker.next_frame() is None
+    assert walker.resync(t + 2 * _TICK)
+    assert (walker.block, walker.resyncs, walker.resync_skipped) == (2, 1, 1)
+    assert _drain(buf, walker) == [b"x", b"y"]
+    assert walker.block == 0  # wrapped past the last block
+    # Block 1, once handed over, is read a lap later in its place.
+    _v3_block(buf, V3, 0, [b"0"])
+    _v3_block(buf, V3, 1, [b"1"])
+    assert _drain(buf, walker) == [b"0", b"1"]
+
+
+def test_v3_idle_ring_never_resyncs() -> None:
+    buf = bytearray(V3.size)
+    walker = V3Walker(buf, V3)
+    for k in range(1000):
+        assert walker.next_frame() is None
+        assert not walker.resync(k * 1e-3)
+    assert (walker.block, walker.resyncs) == (0, 0)
+
+
+def _v2_slot_of(geometry: RingGeometry, offset: int) -> int:
+    block, rest = divmod(offset, geometry.block_size)
+    return block * geometry.frames_per_block + rest // geometry.frame_size
+
+
+def _drain_with_resync(
+    buf: bytearray,
+    geometry: RingGeometry,
+    walker: V2Walker,
+    now: float,
+    take: Callable[[tuple[int, int, FrameMeta]], None],
+) -> float:
+    """Read until no slot is ready, calling resync() whenever nothing is, as RingReceiver.recv does.
+
+    Fails if the walker stops making progress while a slot is ready. Returns the time reached."""
+    # A ready slot is reached within three resync() calls RESYNC_AFTER apart (wait, see, jump).
+    for _ in range(4 * geometry.frame_count + 4):
+        got = walker.next_frame()
+        if got is not None:
+            take(got)
+            continue
+        if not any(
+            _status2(buf, geometry, i) & TP_STATUS_USER for i in range(geometry.frame_count)
+        ):
+            return now
+        walker.resync(now)
+        now += RESYNC_AFTER
+    raise AssertionError("the walker made no progress with ready slots in the ring")
+
+
+@given(
+    block_count=st.integers(1, 4),
+    start=st.integers(0, 15),
+    ready=st.lists(st.booleans(), min_size=16, max_size=16),
+)
+def test_v2_random_status_patterns_drain_in_ring_order(
+    block_count: int, start: int, ready: list[bool]
+) -> None:
+    g = RingGeometry(version=2, block_size=PAGE, block_count=block_count, frame_size=1024)
+    n = g.frame_count
+    start %= n
+    buf = bytearray(g.size)
+    walker = _v2_walker_at(buf, g, start)
+    user = [i for i in range(n) if ready[i]]
+    for i in user:
+        _v2_frame(buf, g, i, b"slot %d" % i)
+    order: list[int] = []
+    _drain_with_resync(buf, g, walker, 0.0, lambda got: order.append(_v2_slot_of(g, got[0])))
+    # Every ready slot once, none of the kernel's, in ring order from where the walker stood.
+    assert order == sorted(user, key=lambda i: (i - start) % n)
+    # One jump per run of kernel-owned slots in front of a ready one, passing exactly those.
+    assert walker.resyncs == sum(1 for i in user if i != start and not ready[(i - 1) % n])
+    assert walker.resync_skipped == len(_passed(ready[:n], start))
+
+
+def _passed(ready: list[bool], start: int) -> set[int]:
+    """Kernel-owned slots a walker starting at ``start`` passes on its way to the last ready slot."""
+    n = len(ready)
+    last = max((k for k in range(n) if ready[(start + k) % n]), default=-1)
+    return {(start + k) % n for k in range(last) if not ready[(start + k) % n]}
+
+
+_OPS = st.sampled_from(["fill", "fill", "fill", "lose", "read", "read", "resync", "wait"])
+
+
+@given(block_count=st.integers(1, 3), ops=st.lists(_OPS, max_size=300))
+def test_v2_walker_against_a_kernel_that_leaves_slots_behind(
+    block_count: int, ops: list[str]
+) -> None:
+    """A model kernel fills slots in order and sometimes moves its head past a slot it never
+    publishes ("lose"). Driven as RingReceiver drives it, the walker never returns a frame twice
+    nor one from a kernel-owned slot, and once the kernel stops it delivers every frame published."""
+    g = RingGeometry(version=2, block_size=PAGE, block_count=block_count, frame_size=1024)
+    n = g.frame_count
+    buf = bytearray(g.size)
+    walker = V2Walker(buf, g)
+    head = 0
+    published: dict[int, int] = {}  # frame number -> slot it was written to
+    delivered: list[int] = []
+    now = 0.0
+
+    def take(got: tuple[int, int, FrameMeta]) -> None:
+        slot = _v2_slot_of(g, got[0])
+        assert _status2(buf, g, slot) & TP_STATUS_USER  # never a kernel-owned slot
+        number = int(_read(buf, got).split()[1])
+        assert published[number] == slot  # the frame the kernel left there, nothing stale
+        assert number not in delivered  # never the same frame twice
+        delivered.append(number)
+
+    for op in ops:
+        if op in ("fill", "lose"):
+            if _status2(buf, g, head) != TP_STATUS_KERNEL:
+                continue  # the ring is full at the head: tpacket_rcv() drops
+            if op == "fill":
+                number = len(published)
+                _v2_frame(buf, g, head, b"frame %d" % number)
+                published[number] = head
+            head = (head + 1) % n  # "lose": claimed, the head moved on, never published
+        elif op == "read":
+            if (got := walker.next_frame()) is not None:
+                take(got)
+        elif op == "resync":
+            if walker.resync(now) and (got := walker.next_frame()) is not None:
+                take(got)
+        else:
+            now += RESYNC_AFTER
+    _drain_with_resync(buf, g, walker, now, take)
+    assert sorted(delivered) == sorted(published)

@@ -8,8 +8,11 @@ kernel UDP socket in namespace B, and waits for frames with ``poll()`` on the ri
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -242,3 +245,157 @@ def test_bad_geometry_is_refused_before_opening_anything() -> None:
         RingReceiver(program, block_size=4096 * 3, block_count=1)
     with pytest.raises(ValueError, match="version"):
         RingReceiver(program, version=1)
+
+
+# One datagram sender per CPU, in namespace B: a kernel UDP socket blasting ``count`` datagrams of
+# ``tag`` + sequence number (from ``first``) as fast as it can, once told to go (so all start
+# together).
+_BLAST = r"""
+import os, socket, sys
+cpu, src, dst, port, first, count, tag = sys.argv[1:]
+os.sched_setaffinity(0, {int(cpu)})
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+s.connect((dst, int(port)))
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+sys.stdin.readline()
+pad = bytes(48)
+for i in range(int(first), int(first) + int(count)):
+    try:
+        s.send(tag.encode() + i.to_bytes(4, "big") + pad)
+    except OSError:
+        pass  # ENOBUFS under the flood: that one is not sent
+"""
+_BLAST_FRAME = 14 + 20 + 8 + 1 + 4 + 48  # Ethernet, IPv4, UDP, tag, sequence number, padding
+_PER_SENDER = 150_000
+#: Bursts until one leaves a slot behind. Here about half did without the fix (17 of 33; the rest
+#: drained cleanly), so five all miss it about one run in thirty; with the fix the first burst that
+#: does ends the test.
+_MAX_BURSTS = 5
+
+
+def _start_blasters(
+    pair: VethPair, cpus: list[int], tags: str, first: int
+) -> list[subprocess.Popen[str]]:
+    procs = [
+        pair.popen_b(
+            sys.executable,
+            "-c",
+            _BLAST,
+            str(cpu),
+            pair.ip4_b,
+            pair.ip4_a,
+            str(PORT),
+            str(first),
+            str(_PER_SENDER),
+            tag,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for cpu, tag in zip(cpus, tags, strict=True)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready, "a sender did not start"
+        assert proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    return procs
+
+
+def _take(view: memoryview, seen: set[bytes]) -> bytes:
+    """Note a burst datagram's tag and sequence number (never twice); return the payload."""
+    frame = bytes(view)
+    if len(frame) == _BLAST_FRAME and frame[42:43] in (b"a", b"b"):
+        ident = frame[42:47]
+        assert ident not in seen, f"datagram {ident!r} delivered twice"
+        seen.add(ident)
+    return frame[42:]
+
+
+def test_ring_recovers_from_slots_left_behind_after_an_overload_burst(
+    veth: VethPair,
+) -> None:
+    """Two CPUs flood a small V2 ring read as an endpoint reads it (issue 14, item 1).
+
+    Under this overload the kernel leaves slots behind (see ring._Resync): without recovery the
+    walker ends the burst waiting at one with frames ready after it, while the socket stays
+    readable, and a datagram sent afterwards is not delivered until the kernel laps the ring (on
+    the 2-CPU VM this was written on, 10 of 10 runs failed so without it). With it, the datagram
+    after the burst arrives within milliseconds and the socket goes quiet once drained.
+    If a burst leaves no slot behind (a kernel that does not), the test still holds: it then shows
+    that the ring delivers at once and never hands a datagram over twice.
+    """
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    cpus += cpus[:1] * (2 - len(cpus))  # one CPU: both senders on it (the gap happens even so)
+    # 256 slots of 2 KiB: each burst laps the ring hundreds of times.
+    with (
+        _ring(veth, version=2, block_size=1 << 16, block_count=8, frame_size=2048) as rx,
+        _sender(veth) as tx,
+    ):
+        _prime(rx, tx)
+        poller = select.poll()
+        poller.register(rx.fileno(), select.POLLIN)
+        seen: set[bytes] = set()
+        delivered = 1  # the prime
+        bursts = 0
+        for burst in range(_MAX_BURSTS):
+            bursts += 1
+            procs = _start_blasters(veth, cpus, "ab", burst * _PER_SENDER)
+            deadline = time.monotonic() + 60
+            while any(proc.poll() is None for proc in procs):
+                assert time.monotonic() < deadline, "the senders did not finish"
+                try:
+                    view, _ = rx.recv()
+                except BlockingIOError:
+                    poller.poll(10)
+                    continue
+                _take(view, seen)
+                delivered += 1
+            assert all(proc.returncode == 0 for proc in procs)
+            # A datagram after the burst must come through promptly. Up to three are sent, in
+            # case the kernel loses one under the flood's tail; a stranded ring would need far
+            # more (the kernel must lap it) and delivers none of them.
+            markers = [b"after burst %d, %d" % (burst, k) for k in range(3)]
+            arrived = None
+            for marker in markers:
+                tx.send(marker)
+                until = time.monotonic() + 2
+                while arrived is None and (left := until - time.monotonic()) > 0:
+                    try:
+                        view, _ = rx.recv()
+                    except BlockingIOError:
+                        poller.poll(max(1, int(left * 1000)))
+                        continue
+                    delivered += 1
+                    payload = _take(view, seen)
+                    if payload.startswith(b"after burst %d," % burst):
+                        arrived = payload
+                if arrived is not None:
+                    break
+            assert arrived is not None, (
+                f"no datagram delivered after burst {burst} (resyncs: {rx.ring_resyncs})"
+            )
+            # Drained, the socket goes quiet: no frame stranded, no readable-but-empty spin.
+            quiet = time.monotonic() + 5
+            while poller.poll(50):
+                assert time.monotonic() < quiet, "the ring stays readable after draining it"
+                with contextlib.suppress(BlockingIOError):
+                    view, _ = rx.recv()
+                    _take(view, seen)
+                    delivered += 1
+            if rx.ring_resyncs["resyncs"]:
+                break  # the kernel left a slot behind and the walker recovered: shown
+        packets, drops = rx.statistics()
+        # A slot the kernel left behind may have taken its frame with it; never the other way.
+        assert delivered + drops <= packets
+        assert rx.ring_corrupt == {}
+        # For the record (pytest -rP shows it): how often this kernel left slots behind.
+        print(
+            f"bursts {bursts}, ring_resyncs {rx.ring_resyncs}, kernel packets neither "
+            f"delivered nor dropped {packets - drops - delivered}"
+        )
