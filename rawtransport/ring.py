@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from rawtransport.datapath import ACCEL
 from rawtransport.engine_types import FrameMeta
 from rawtransport.errors import MalformedPacketError
 
@@ -459,6 +460,37 @@ class V2Walker(_Resync):
             truncated = snaplen < tp_len or bool(status & TP_STATUS_COPY)
             return base + mac, snaplen, frame_meta(ifindex, pkttype, status, hatype, truncated)
         return None
+
+    def next_batch(self, budget: int) -> list[tuple[bytes | None, FrameMeta]]:
+        """Up to ``budget`` frames as :meth:`next_frame` would return them, copied out, each slot
+        given back at once: ``(data, meta)``, with ``data`` ``None`` for a ``TP_STATUS_COPY`` slot
+        (the whole frame waits in the socket's queue). One call into the compiled datapath
+        (``_datapath.v2_read``) when it is built; else the same through :meth:`next_frame`."""
+        if ACCEL is None:
+            out: list[tuple[bytes | None, FrameMeta]] = []
+            for _ in range(budget):
+                got = self.next_frame()
+                if got is None:
+                    break
+                offset, length, meta = got
+                data = (
+                    None
+                    if meta.status & TP_STATUS_COPY
+                    else bytes(self._buf[offset : offset + length])
+                )
+                out.append((data, meta))
+            self.release()
+            return out
+        self.release()
+        g = self._geometry
+        frames, self._index, laps, corrupt = ACCEL.v2_read(
+            self._buf, self._index, budget, g.frame_count, g.frames_per_block, g.block_size,
+            g.frame_size,
+        )  # fmt: skip
+        self._laps += laps
+        for reason in corrupt:
+            self._count(reason, "")
+        return [(f[0], frame_meta(f[1], f[2], f[3], f[4], f[5])) for f in frames]
 
     def _position(self) -> int:
         return self._laps * len(self._offsets) + self._index

@@ -961,3 +961,25 @@ def test_v2_walker_against_a_kernel_that_leaves_slots_behind(
             now += RESYNC_AFTER
     _drain_with_resync(buf, g, walker, now, take)
     assert sorted(delivered) == sorted(published)
+
+
+def test_v2_batch_is_next_frame_in_a_loop_copied_out() -> None:
+    """next_batch() (one C call when the datapath is built) returns what next_frame() would, in
+    order, as bytes, gives every slot back, and leaves a copy-flagged frame to the socket."""
+    buf = bytearray(V2.size)
+    for i, payload in enumerate([b"one", b"two", b"three"]):
+        _v2_frame(buf, V2, i, payload, status=TP_STATUS_USER | (TP_STATUS_COPY if i == 1 else 0))
+    ref = bytearray(buf)
+    walker, twin = V2Walker(buf, V2), V2Walker(ref, V2)
+    got = walker.next_batch(8)
+    expected = []
+    while (frame := twin.next_frame()) is not None:
+        data = None if frame[2].status & TP_STATUS_COPY else _read(ref, frame)
+        expected.append((data, frame[2]))
+    twin.release()
+    assert got == expected
+    assert [d for d, _ in got] == [b"one", None, b"three"]
+    assert buf == ref
+    assert [_status2(buf, V2, i) for i in range(3)] == [TP_STATUS_KERNEL] * 3
+    assert walker.index == twin.index == 3
+    assert walker.next_batch(8) == []
