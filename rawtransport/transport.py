@@ -32,6 +32,11 @@ __all__ = ["RawDatagramTransport"]
 logger = logging.getLogger("rawtransport")
 
 _DEFAULT_HIGH_WATER = 64 * 1024
+#: Bytes of datagrams held while reading is paused: a kernel UDP socket's default receive buffer
+#: (net.core.rmem_default).
+RECEIVE_BUFFER = 212992
+# What each held datagram costs against it, roughly the skb overhead the kernel charges (truesize).
+_DATAGRAM_OVERHEAD = 768
 _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 
 
@@ -41,8 +46,14 @@ def _set_result_unless_cancelled(fut: asyncio.Future[None]) -> None:
 
 
 @final
-class RawDatagramTransport(asyncio.DatagramTransport):
+class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
     """The transport returned by ``create_raw_datagram_endpoint()``.
+
+    Like CPython's selector datagram transport it is also an ``asyncio.Transport`` (whose
+    ``is_reading``/``pause_reading``/``resume_reading`` it implements; ``write()`` is not for
+    datagrams). While reading is paused, datagrams wait as in a kernel socket's receive buffer,
+    up to :data:`RECEIVE_BUFFER` bytes; beyond that they are dropped and counted
+    (``dropped["receive_buffer_full"]``), as the kernel's ``__udp_queue_rcv_skb()`` does.
 
     Beyond ``asyncio.DatagramTransport`` it answers ``get_extra_info("stats")`` (frames received,
     datagrams delivered and sent, drops by reason, kernel drops) and ``get_extra_info("packet_socket")``.
@@ -70,6 +81,10 @@ class RawDatagramTransport(asyncio.DatagramTransport):
         self._closing = False
         self._conn_lost = 0
         self._reading = False
+        self._paused = False
+        # Datagrams received while paused (the kernel socket's receive queue), and their cost.
+        self._held: deque[Event] = deque()
+        self._held_bytes = 0
         self._protocol_paused = False
         self._high_water = _DEFAULT_HIGH_WATER
         self._low_water = _DEFAULT_HIGH_WATER // 4
@@ -341,6 +356,44 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             self._reading = False
             self._loop.remove_reader(self._ep.guard.fileno())
 
+    # ------------------------------------------------------------------ ReadTransport API
+    def is_reading(self) -> bool:
+        """True unless reading is paused or the transport is closing."""
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        """Stop calling ``datagram_received()``; datagrams wait (see the class docstring)."""
+        if self.is_reading():
+            self._paused = True
+
+    def resume_reading(self) -> None:
+        """Deliver what waited, then go on delivering."""
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held:
+            self._loop.call_soon(self._deliver_held)
+
+    def _deliver_held(self) -> None:
+        if self._paused or self._closing:
+            return
+        events = list(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        self._dispatch(events)
+        self._flush_engine()
+
+    def _hold(self, events: list[Event]) -> None:
+        for event in events:
+            cost = (
+                len(event.data) + _DATAGRAM_OVERHEAD if isinstance(event, DatagramReceived) else 0
+            )
+            if self._held_bytes + cost > RECEIVE_BUFFER:
+                self._ep.engine.count_drop("receive_buffer_full")
+                continue
+            self._held.append(event)
+            self._held_bytes += cost
+
     def stack_ready(self) -> None:
         """The stack fed the engine (datagrams, errors, frames a neighbour reply released)."""
         if self._conn_lost:
@@ -356,7 +409,10 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             )
             self._flush_engine()
             return
-        self._dispatch(self._ep.engine.events())
+        if self._paused:
+            self._hold(self._ep.engine.events())
+        else:
+            self._dispatch(self._ep.engine.events())
         self._flush_engine()
 
     def netlink_changed(self) -> None:
@@ -466,6 +522,10 @@ class RawDatagramTransport(asyncio.DatagramTransport):
             self._flush_handle.cancel()
             self._flush_handle = None
         self._remove_writer()
+        if self._held:  # paused until the end: the kernel frees a closed socket's queue too
+            held = sum(isinstance(e, DatagramReceived) for e in self._held)
+            self._ep.engine.count_drop("closed", held)
+            self._held.clear()
         self._stack.release(self._ep)
 
     def __repr__(self) -> str:

@@ -287,6 +287,32 @@ async def close_while_sending(impl: str, family: int, veth: VethPair) -> Any:
     return closing, exc, kinds.count("lost"), p.after_lost, got > 0
 
 
+async def pause_reading(impl: str, family: int, veth: VethPair) -> Any:
+    """pause_reading(): datagrams wait, none is delivered; resume_reading() delivers them in
+    order. A second endpoint, not paused, tells when the peer's datagrams have all arrived."""
+    t, p = await open_endpoint(impl, Recorder, local_addr=(a_ip(veth, family), 0))
+    t2, p2 = await open_endpoint(impl, Recorder, local_addr=(a_ip(veth, family), 0))
+    peer = Peer.create(veth, family)
+    try:
+        t.pause_reading()  # type: ignore[attr-defined]
+        paused = t.is_reading()  # type: ignore[attr-defined]
+        for i in range(3):
+            peer.sock.sendto(b"held %d" % i, (a_ip(veth, family), t.get_extra_info("sockname")[1]))
+        peer.sock.sendto(b"marker", (a_ip(veth, family), t2.get_extra_info("sockname")[1]))
+        await asyncio.wait_for(p2.data.get(), TIMEOUT)
+        await asyncio.sleep(0)  # a wrongly delivered datagram would be in by now (not a wait)
+        during = p.data.qsize()
+        t.resume_reading()  # type: ignore[attr-defined]
+        got = [(await asyncio.wait_for(p.data.get(), TIMEOUT))[0] for _ in range(3)]
+        reading = t.is_reading()  # type: ignore[attr-defined]
+        is_transport = isinstance(t, asyncio.Transport)
+    finally:
+        peer.close()
+    closed = await _close(t, p)
+    await _close(t2, p2)
+    return paused, during, got, reading, is_transport, t.is_reading(), closed  # type: ignore[attr-defined]
+
+
 async def abort(impl: str, family: int, veth: VethPair) -> Any:
     """abort(): connection_lost(None) once, then nothing."""
     t, p = await open_endpoint(impl, Recorder, local_addr=(a_ip(veth, family), 0))
@@ -371,6 +397,7 @@ SCENARIOS: dict[str, Scenario] = {
     "broadcast": broadcast,
     "close_while_sending": close_while_sending,
     "abort": abort,
+    "pause_reading": pause_reading,
     "icmp_refused": icmp_refused,
     "kernel_errors": kernel_errors,
     "flow_control": flow_control,
