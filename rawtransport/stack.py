@@ -119,6 +119,7 @@ class RawStack:
         self.endpoints: dict[UdpEngine, RawUdpEndpoint] = {}
         #: The ``PACKET_FANOUT`` receiver of each ``reuse_port`` endpoint (see :meth:`open_fanout`).
         self.fanout: dict[UdpEngine, Receiver] = {}
+        self._entries: dict[UdpEngine, FilterEntry] = {}
         self._mtu = 1500
         self._senders: dict[int, Sender] = {}
         self._routes = RouteCache()
@@ -228,6 +229,7 @@ class RawStack:
         fanout = self.fanout.pop(endpoint.engine, None)
         if fanout is not None:
             close_in_background(fanout.close)
+        self._entries.pop(endpoint.engine, None)
         endpoint.engine.close()
         if not self.closed:
             # An error means the socket is going away; the table no longer has the endpoint.
@@ -256,11 +258,15 @@ class RawStack:
         nd_for: set[bytes] = set()
         any4 = any6 = False
         fragments = False
+        cached = self._entries
         for engine in self.endpoints:
             cfg = engine.config
             family = 0 if cfg.dual_stack else cfg.family
             if engine not in self.fanout:  # else its fanout receiver takes its datagrams
-                entries.append(FilterEntry(family, cfg.local_ip, cfg.local_port))
+                entry = cached.get(engine)
+                if entry is None:  # made (and checked) once per endpoint, not per swap
+                    entry = cached[engine] = FilterEntry(family, cfg.local_ip, cfg.local_port)
+                entries.append(entry)
             fragments = fragments or cfg.reassemble
             if cfg.local_ip is None:
                 any4 = any4 or family in (0, 4)
