@@ -379,7 +379,15 @@ class Host:
             if not na.solicited:
                 c.drop("nd_unsolicited")
                 return
-            sender_mac = na.target_lladdr or parsed.eth.src
+            sender_mac = na.target_lladdr
+            if sender_mac is None:
+                # RFC 4861 7.2.5: without a target link-layer address option an NA updates no
+                # INCOMPLETE entry (ndisc_recv_na() finds no lladdr and neigh_update() keeps the
+                # entry as it is); it confirms one whose address we know (a unicast probe's answer).
+                sender_mac = self.neigh.lookup(meta.ifindex, na.target, now)
+                if sender_mac is None:
+                    c.drop("nd_no_target_lladdr")
+                    return
             if self.local.is_local(na.target) or sender_mac == own_mac:
                 c.drop("nd_from_self")
                 return

@@ -207,3 +207,29 @@ def test_a_neighbours_queue_is_bounded_by_bytes_as_the_kernels() -> None:
     h.receive_frame(arp_reply(), META, 0.1)
     frames = e.frames_to_send()
     assert [f.frame[-3:] for f in frames] == [b"%03d" % i for i in range(200)]
+
+
+def test_an_na_without_target_lladdr_confirms_only_a_known_neighbour() -> None:
+    """RFC 4861 7.2.5: an NA with no target link-layer option resolves nothing (the frame's
+    Ethernet source is not the target's address: an attacker could send it); for an entry being
+    re-probed it confirms the MAC already known."""
+    from tests.test_receive_checks import nd
+
+    h = host()
+    e = endpoint(h, family=6, local_ip=ME6)
+    r6 = route(PEER6)
+    e.send_datagram(b"waiting", (PEER6, 9), r6, 0.0)
+    e.frames_to_send()
+    h.receive_frame(nd(options=b""), META, 0.1)
+    assert e.pending_resolution == 1, "still waiting: nothing resolved it"
+    assert h.stats()["dropped"] == {"nd_no_target_lladdr": 1}
+    h.receive_frame(nd(), META, 0.2)  # with the option: resolved, the datagram leaves
+    assert e.pending_resolution == 0
+    (f,) = e.frames_to_send()
+    assert f.frame[:6] == PEER_MAC
+    # 40 s later the entry is STALE: using it starts a unicast probe, which an NA without the
+    # option answers (the MAC is known).
+    e.send_datagram(b"later", (PEER6, 9), r6, 40.0)
+    e.frames_to_send()
+    h.receive_frame(nd(options=b""), META, 40.1)
+    assert h.neigh.stats["replies_accepted"] == 2
