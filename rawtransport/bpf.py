@@ -17,9 +17,13 @@ The endpoint's filter generator lives in :mod:`rawtransport.bpf_filter`.
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
 from typing import Final, TypeAlias
 
 # The opcode constants (BPF_LD, BPF_H, BPF_ABS …) are public module attributes too; __all__ lists
@@ -31,6 +35,7 @@ __all__ = [
     "Jump",
     "Label",
     "Program",
+    "RawInstruction",
     "alu",
     "and_",
     "assemble",
@@ -231,38 +236,193 @@ class Jump:
 Item: TypeAlias = Instruction | Label | Jump
 
 
-@dataclass(frozen=True, slots=True)
+RawInstruction: TypeAlias = tuple[int, int, int, int]
+"""One instruction as plain ints, ``(code, jt, jf, k)``."""
+
+# The byte of a packed struct sock_filter that holds the low byte of its u16 opcode, which has the
+# class, size, mode and operation bits.
+_CODE_LOW: Final = 0 if sys.byteorder == "little" else 1
+# The low bytes of the ``ja`` opcodes (BPF_JMP | BPF_JA, with or without the BPF_X bit).
+_JA_CODES: Final = re.compile(rb"[\x05\x0d]")
+
+
+# Fields are packed this many instructions at a time, with formats compiled once: a format as long
+# as the program would be compiled anew for most lengths (struct caches few), at twice the cost.
+_CHUNK: Final = 64
+
+
+@lru_cache(maxsize=_CHUNK)
+def _chunk_struct(n: int) -> struct.Struct:
+    return struct.Struct("=" + "HBBI" * n)  # struct sock_filter, native byte order
+
+
+def _pack(fields: Sequence[int]) -> bytes:
+    """The ``struct sock_filter`` array of ``fields`` (a multiple of 4 of them), each field's
+    range checked (``struct.error``)."""
+    step = 4 * _CHUNK
+    whole = _chunk_struct(_CHUNK)
+    parts = [whole.pack(*fields[i : i + step]) for i in range(0, len(fields) - step + 1, step)]
+    if rest := len(fields) % step:
+        parts.append(_chunk_struct(rest // 4).pack(*fields[-rest:]))
+    return b"".join(parts)
+
+
+# How far a conditional jump may go from each of the last 255 instructions but the very last: from
+# the one before it, 0 (to the last), and so on.
+_ROOM: Final = bytes(range(254, -1, -1))
+
+
+def _all_within(offsets: bytes, room: bytes) -> bool:
+    """Whether ``offsets[i] <= room[i]`` for every ``i`` (of equal lengths), in a few big-int
+    operations rather than a Python loop: the validation of a program built on the event loop."""
+    # As 16-bit lanes, 0x100 + room[i] - offsets[i] is 1..511 and borrows from no other lane; it
+    # is 0x100 or more, its bit 8 set, exactly where offsets[i] <= room[i].
+    n = len(offsets)
+    lanes = bytearray(2 * n)
+    lanes[0::2] = room
+    lanes[1::2] = b"\x01" * n
+    subtrahend = bytearray(2 * n)
+    subtrahend[0::2] = offsets
+    high = int.from_bytes(b"\x00\x01" * n, "little")
+    diff = int.from_bytes(lanes, "little") - int.from_bytes(subtrahend, "little")
+    return diff & high == high
+
+
 class Program:
     """A validated classic-BPF program, ready for ``SO_ATTACH_FILTER``.
 
     Validation follows the kernel's ``bpf_check_classic()``: 1 to ``BPF_MAXINSNS`` instructions,
-    every jump lands inside the program, and the last instruction is a ``ret``.
+    every jump lands inside the program, and the last instruction is a ``ret``. Programs are
+    immutable and compare (and hash) by their instructions.
+
+    ``Program(instructions)`` takes :class:`Instruction` values; :meth:`from_fields` and
+    :meth:`from_raw` take plain ints, for generators that build thousands of instructions on the
+    event loop and cannot afford an object each. A program keeps its ``struct sock_filter`` array
+    (:meth:`pack`); the :attr:`raw` tuples and the :attr:`instructions` are made from it when first
+    read.
     """
 
-    instructions: tuple[Instruction, ...]
+    __slots__ = ("_instructions", "_packed", "_raw")
+    _packed: bytes
+    _raw: tuple[RawInstruction, ...] | None
+    _instructions: tuple[Instruction, ...] | None
 
-    def __post_init__(self) -> None:
-        n = len(self.instructions)
+    def __init__(self, instructions: Iterable[Instruction]) -> None:
+        insns = tuple(instructions)
+        # Each Instruction checked its own fields.
+        self._set(b"".join([insn.pack() for insn in insns]), None, insns)
+
+    @classmethod
+    def from_fields(cls, fields: Sequence[int]) -> Program:
+        """A program of the instructions' fields in a row: ``code, jt, jf, k, code, jt, …``.
+
+        Validated as ``Program()`` validates. Each field's range (u16, u8, u8, u32) is checked by
+        packing the ``struct sock_filter`` array in one call; one out of range raises
+        ``ValueError`` as :class:`Instruction` does.
+        """
+        n, extra = divmod(len(fields), 4)
+        if extra:
+            raise ValueError(f"{len(fields)} fields: an instruction has 4 (code, jt, jf, k)")
         if not 1 <= n <= BPF_MAXINSNS:
             raise ValueError(f"a program has 1..{BPF_MAXINSNS} instructions, not {n}")
-        for pc, insn in enumerate(self.instructions):
-            if _cls(insn.code) != BPF_JMP:
-                continue
-            if _op(insn.code) == BPF_JA:
-                if insn.k >= n - pc - 1:
-                    raise ValueError(f"instruction {pc}: ja {insn.k} jumps past the end")
-            elif pc + 1 + max(insn.jt, insn.jf) >= n:
-                raise ValueError(f"instruction {pc}: jump past the end")
-        if _cls(self.instructions[-1].code) != BPF_RET:
+        try:
+            packed = _pack(fields)
+        except struct.error as exc:
+            for i in range(0, len(fields), 4):
+                Instruction(*fields[i : i + 4])  # raises the field's own error
+            raise ValueError(f"malformed instruction fields: {exc}") from None
+        program = cls.__new__(cls)
+        program._set(packed, None, None)
+        return program
+
+    @classmethod
+    def from_raw(cls, raw: Iterable[RawInstruction]) -> Program:
+        """A program of ``(code, jt, jf, k)`` tuples, validated as :meth:`from_fields` does."""
+        return cls.from_fields(list(chain.from_iterable(raw)))
+
+    def _set(
+        self,
+        packed: bytes,
+        raw: tuple[RawInstruction, ...] | None,
+        instructions: tuple[Instruction, ...] | None,
+    ) -> None:
+        """Check the jumps and the last instruction of ``packed``, and keep it."""
+        n = len(packed) // 8
+        if not 1 <= n <= BPF_MAXINSNS:
+            raise ValueError(f"a program has 1..{BPF_MAXINSNS} instructions, not {n}")
+        codes = packed[_CODE_LOW::8]
+        words = memoryview(packed).cast("I")
+        last = n - 1
+        # pc + 1 + offset must be an instruction (bpf_check_classic()). A ja has 32 bits of
+        # offset, to check wherever it is; a conditional jump 8, so that only one of the last 256
+        # instructions can overshoot.
+        for match in _JA_CODES.finditer(codes):
+            pc = match.start()
+            if pc + words[2 * pc + 1] >= last:
+                raise ValueError(f"instruction {pc}: ja {words[2 * pc + 1]} jumps past the end")
+        start = max(0, last - 255)
+        jts = packed[8 * start + 2 : 8 * last : 8]  # the last instruction is a ret: checked below
+        jfs = packed[8 * start + 3 : 8 * last : 8]
+        # The other instructions' jt and jf are 0 as the builders make them, so that checking
+        # every instruction's clears them all at once; else look at the jumps alone.
+        if not _all_within(jts + jfs, 2 * _ROOM[len(_ROOM) - (last - start) :]):
+            for pc, code, jt, jf in zip(
+                range(start, last), codes[start:last], jts, jfs, strict=True
+            ):
+                if code & 0x07 == BPF_JMP and code & 0xF0 != BPF_JA and pc + max(jt, jf) >= last:
+                    raise ValueError(f"instruction {pc}: jump past the end")
+        if codes[-1] & 0x07 != BPF_RET:
             raise ValueError("the last instruction must be a ret")
+        object.__setattr__(self, "_packed", packed)
+        object.__setattr__(self, "_raw", raw)
+        object.__setattr__(self, "_instructions", instructions)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Program is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Program is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Program):
+            return NotImplemented
+        return self._packed == other._packed
+
+    def __hash__(self) -> int:
+        return hash(self._packed)
+
+    def __repr__(self) -> str:
+        return f"Program(instructions={self.instructions!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Copies and pickles are rebuilt through the validation, not by setting the slots.
+        return (Program.from_raw, (self.raw,))
 
     def __len__(self) -> int:
-        return len(self.instructions)
+        return len(self._packed) // 8
+
+    @property
+    def raw(self) -> tuple[RawInstruction, ...]:
+        """The instructions as ``(code, jt, jf, k)`` tuples."""
+        if self._raw is None:
+            raw = tuple(_SOCK_FILTER.iter_unpack(self._packed))
+            object.__setattr__(self, "_raw", raw)
+            return raw
+        return self._raw
+
+    @property
+    def instructions(self) -> tuple[Instruction, ...]:
+        """The instructions, as :class:`Instruction` values."""
+        if self._instructions is None:
+            insns = tuple(Instruction(*insn) for insn in self.raw)
+            object.__setattr__(self, "_instructions", insns)
+            return insns
+        return self._instructions
 
     @property
     def sock_fprog_len(self) -> int:
         """The ``len`` field of ``struct sock_fprog``: the number of instructions."""
-        return len(self.instructions)
+        return len(self)
 
     @property
     def text(self) -> str:
@@ -271,7 +431,7 @@ class Program:
 
     def pack(self) -> bytes:
         """The ``struct sock_filter`` array that ``struct sock_fprog.filter`` points to."""
-        return b"".join(insn.pack() for insn in self.instructions)
+        return self._packed
 
 
 def _drop_jumps_to_next(items: list[Item]) -> list[Item]:
@@ -473,13 +633,12 @@ def run(
     ancillary loads ``ld type`` and ``ld vlan_avail`` see. Raises ``ValueError`` for operations it
     does not implement.
     """
-    insns = program.instructions
+    insns = program.raw
     a = x = 0
     n = len(packet)
     pc = 0
     while True:
-        insn = insns[pc]
-        code, k = insn.code, insn.k
+        code, jt, jf, k = insns[pc]
         cls = _cls(code)
         pc += 1
         if cls == BPF_LD:
@@ -553,7 +712,7 @@ def run(
                 taken = bool(a & operand)
             else:
                 raise ValueError(f"unsupported jump opcode {code:#x}")
-            pc += insn.jt if taken else insn.jf
+            pc += jt if taken else jf
         elif cls == BPF_RET:
             value = a if code & 0x18 == BPF_A else k
             return min(value, n)

@@ -7,7 +7,9 @@ against the kernel.
 from __future__ import annotations
 
 import ipaddress
+import pickle
 import struct
+from collections.abc import Callable, Iterable
 
 import pytest
 from hypothesis import given
@@ -329,6 +331,22 @@ def test_program_length_bounds(n: int, ok: bool) -> None:
             Program(insns)
 
 
+def fields_of(insns: Iterable[Instruction]) -> list[int]:
+    return [field for i in insns for field in (i.code, i.jt, i.jf, i.k)]
+
+
+def from_fields(insns: Iterable[Instruction]) -> Program:
+    return Program.from_fields(fields_of(insns))
+
+
+def from_raw(insns: Iterable[Instruction]) -> Program:
+    return Program.from_raw((i.code, i.jt, i.jf, i.k) for i in insns)
+
+
+BUILDERS = [Program, from_fields, from_raw]
+
+
+@pytest.mark.parametrize("build", BUILDERS)
 @pytest.mark.parametrize(
     "insns",
     [
@@ -336,11 +354,79 @@ def test_program_length_bounds(n: int, ok: bool) -> None:
         (Instruction(0x15, 1, 0, 0), ret(0)),  # jt past the end
         (Instruction(0x15, 0, 1, 0), ret(0)),  # jf past the end
         (Instruction(0x05, 0, 0, 1), ret(0)),  # ja past the end
+        (Instruction(0x0D, 0, 0, 1), ret(0)),  # ja, with the BPF_X bit, past the end
+        # In a program longer than a conditional jump reaches: jt past the end from 256 before it.
+        (Instruction(0x15, 0, 255, 0), *[ld_imm(0)] * 254, ret(0)),
+        (*[ld_imm(0)] * 300, Instruction(0x15, 255, 0, 0), *[ld_imm(0)] * 254, ret(0)),
+        (*[ld_imm(0)] * 300, Instruction(0x45, 0, 2, 0), ret(0), ret(1)),  # jset jf
     ],
 )
-def test_program_rejects_what_bpf_check_classic_rejects(insns: tuple[Instruction, ...]) -> None:
+def test_program_rejects_what_bpf_check_classic_rejects(
+    insns: tuple[Instruction, ...], build: Callable[[Iterable[Instruction]], Program]
+) -> None:
     with pytest.raises(ValueError, match=r"ret|past the end"):
-        Program(insns)
+        build(insns)
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_program_takes_the_farthest_jumps_in_range(
+    build: Callable[[Iterable[Instruction]], Program],
+) -> None:
+    reach = (Instruction(0x15, 0, 255, 0), *[ld_imm(0)] * 255, ret(0))  # to the last
+    assert len(build(reach)) == 257
+    far = (*[ld_imm(0)] * 300, Instruction(0x05, 0, 0, 300), *[ld_imm(0)] * 300, ret(0))
+    assert build(far).instructions[300].k == 300
+    # jt and jf of an instruction that does not jump mean nothing: not checked, as the kernel does not.
+    odd = (ld_imm(0), Instruction(0x00, 200, 7, 0), ret(0))
+    assert build(odd).raw[1] == (0x00, 200, 7, 0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ([0x06, 0, 0, 1 << 32], "k "),
+        ([0x06, 0, 0, -1], "k "),
+        ([0x06, 256, 0, 0], "jump offsets"),
+        ([0x10000, 0, 0, 0], "opcode"),
+        ([0x06, 0, 0], "4"),
+        ([], "instructions"),
+        ([0x06, 0, 0, 0] * (BPF_MAXINSNS + 1), "instructions"),
+    ],
+)
+def test_program_from_fields_checks_every_field(fields: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Program.from_fields(fields)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 128, 129, BPF_MAXINSNS])
+def test_program_from_fields_packs_any_length(n: int) -> None:
+    insns = [*(ld_imm(i) for i in range(n - 1)), ret(n)]
+    program = Program.from_fields(fields_of(insns))
+    assert program == Program(insns)
+    assert program.pack() == b"".join(insn.pack() for insn in insns)
+    if n > 64:  # a field out of range past the first 64 instructions is found too
+        with pytest.raises(ValueError, match="jump offsets"):
+            Program.from_fields([*fields_of(insns[:-2]), 0x15, 256, 0, 0, *fields_of(insns[-1:])])
+
+
+def test_programs_from_fields_are_programs_like_any() -> None:
+    program = endpoint_filter(family=4, local_ip=A4, local_port=PORT)
+    fields = fields_of(program.instructions)
+    built = Program.from_fields(fields)
+    assert built == program
+    assert hash(built) == hash(program)
+    assert built.pack() == program.pack()
+    assert built.raw == program.raw == tuple(zip(*[iter(fields)] * 4, strict=True))
+    assert built.instructions == program.instructions
+    assert built.text == program.text
+    assert repr(built) == repr(program)
+    assert Program.from_raw(program.raw) == program
+    assert built != Program.from_fields([0x06, 0, 0, 0])
+    assert pickle.loads(pickle.dumps(built)) == built
+    with pytest.raises(AttributeError):
+        built._packed = b""
+    with pytest.raises(AttributeError):
+        del built._packed
 
 
 # ------------------------------------------------------------------------------- interpreter
