@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         help="measure the raw path against the kernel UDP path (needs root)",
         description="`bench [OPTIONS]`: the full comparison (run `bench --help` for its options); "
         "`bench codec`: the packet codec's cost per frame, compiled and pure; "
-        "`bench endpoints`: one endpoint per query, raw vs kernel.",
+        "`bench endpoints`: one endpoint per query, raw vs kernel; "
+        "`bench idle`: one busy endpoint beside N idle ones.",
         add_help=False,
     )
     sub.add_parser(

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
             "fixed max_size, uvloop, anyio/trio) in fresh namespaces joined by a veth pair: "
             "RTT, receive throughput, send rate, syscalls and copies per datagram."
         ),
+        epilog="Also: `bench codec`, `bench endpoints` (one endpoint per query) and `bench idle` "
+        "(one busy endpoint beside N idle ones); each has its own --help.",
     )
     p.add_argument("--paths", type=_csv(str), default=list(DEFAULT_PATHS),
                    help=f"comma-separated (default: all): {', '.join(PATHS)}")  # fmt: skip
@@ -268,7 +270,16 @@ def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``python -m rawtransport bench`` (not ``bench codec``): 0 on success."""
+    """Entry point of ``python -m rawtransport bench`` (not ``bench codec``): 0 on success.
+
+    ``bench idle …`` is handed to :mod:`rawtransport.bench.idle`.
+    """
+    if argv[:1] == ["idle"]:
+        # Dispatched here rather than in rawtransport/__main__.py, which sends every `bench`
+        # command line it does not know to this function.
+        from rawtransport.bench.idle import main as idle_main
+
+        return idle_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_paths:

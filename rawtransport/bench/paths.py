@@ -18,6 +18,7 @@ __all__ = [
     "BASELINE_STOCK",
     "BASELINE_UVLOOP",
     "DEFAULT_PATHS",
+    "LOOP_LABELS",
     "PATHS",
     "PathSpec",
     "get_path",
@@ -25,6 +26,13 @@ __all__ = [
 ]
 
 Loop = Literal["asyncio", "uvloop", "trio"]
+
+#: How a report line names each event loop.
+LOOP_LABELS: Mapping[str, str] = {
+    "asyncio": "stdlib asyncio loop",
+    "uvloop": "uvloop",
+    "trio": "trio",
+}
 Api = Literal["kernel", "raw", "anyio", "raw-anyio"]
 
 

@@ -302,12 +302,22 @@ class Runner:
 
         return wait_blast, [" ".join(blast.argv)]
 
-    def rx(self, path: str, size: int, family: int) -> tuple[dict[str, Any], list[str]]:
-        """Receive throughput: the generator offers more than the sink on ``path`` can take."""
+    def rx(
+        self, path: str, size: int, family: int, idle: int = 0
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Receive throughput: the generator offers more than the sink on ``path`` can take.
+
+        ``idle``: that many more endpoints, never sent to, open beside the sink on its loop (the
+        1-busy-N-idle figure of :mod:`rawtransport.bench.idle`).
+        """
         cfg = self.config
         count = int(cfg.gen_rate * cfg.duration)
+        # Only a non-zero count goes into the job, so the main bench's recorded commands stay as
+        # they were.
+        extra = {"idle": idle} if idle else {}
         with self._scope() as scope:
-            sink = self._worker("b", self._job("sink", "b", path, family, port=_BENCH_PORT), scope)
+            job = self._job("sink", "b", path, family, port=_BENCH_PORT, **extra)
+            sink = self._worker("b", job, scope)
             sink.event(30)
             drops0 = self._snmp_drops(family)
             tx0 = self.topo.link_counters("a")
@@ -338,8 +348,11 @@ class Runner:
             "cpu_generator": busy.get(f"cpu{cfg.client_cpu}"),
             "cpu_sink": busy.get(f"cpu{cfg.server_cpu}"),
             "sink_rusage": res.get("rusage"),
+            "sink_receive_rusage": res.get("receive_rusage"),
             "sink_stats": stats_ or None,
         }
+        if idle:
+            figures.update(idle=res.get("idle", 0), idle_received=res.get("idle_received", 0))
         return figures, [" ".join(sink.argv), *gen_cmd]
 
     def tx(self, path: str, size: int, family: int) -> tuple[dict[str, Any], list[str]]:

@@ -5,7 +5,9 @@ pins itself to ``job["cpu"]``, opens an endpoint on the job's path, prints one J
 ``{"event": "ready", …}`` and then:
 
 - ``echo``: sends every datagram back until a ``stop`` line arrives on stdin;
-- ``sink``: counts datagrams (first/last arrival times) until ``stop``;
+- ``sink``: counts datagrams (first/last arrival times) until ``stop``; with ``"idle": N`` it first
+  opens N more endpoints on the same loop and path, bound to the same address on distinct ports,
+  that nobody sends to (the 1-busy-N-idle receive bench, :mod:`rawtransport.bench.idle`);
 - ``rtt``: after warm-up, times ``count`` round trips against an echo and exits;
 - ``send``: waits for ``go`` on stdin, then sends as fast as the path allows for ``duration`` seconds;
 - ``blast``: the C-free load generator: a plain blocking socket in a tight ``sendto`` loop until
@@ -13,7 +15,8 @@ pins itself to ``job["cpu"]``, opens an endpoint on the job's path, prints one J
 - ``hole``: a bound UDP socket that is never read, so sent datagrams neither trigger ICMP
   port-unreachable nor cost a reader.
 
-The last line is ``{"event": "result", …}`` with the role's figures, ``getrusage`` CPU times and,
+The last line is ``{"event": "result", …}`` with the role's figures, ``getrusage`` CPU times (an
+asyncio-style ``echo`` or ``sink`` adds ``receive_rusage``: those from ``ready`` to ``stop``) and,
 on the raw path, the transport's ``stats``. Errors are ``{"event": "error", "error": …}``, exit 1.
 """
 
@@ -45,6 +48,12 @@ def _emit(**fields: Any) -> None:
 def _rusage() -> dict[str, float]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return {"user_s": ru.ru_utime, "system_s": ru.ru_stime}
+
+
+def _since(before: dict[str, float]) -> dict[str, float]:
+    """The CPU time used since ``before`` (a :func:`_rusage`)."""
+    after = _rusage()
+    return {k: after[k] - before[k] for k in after}
 
 
 def _family(job: dict[str, Any]) -> int:
@@ -145,14 +154,49 @@ async def _open(
     return transport
 
 
+def _allow_files(needed: int) -> None:
+    """Raise the soft open-file limit so ``needed`` more descriptors fit (an endpoint holds one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # What the process already holds (stdio, the loop's selector, the stack's sockets) plus slack.
+    want = needed + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+
+
+async def _open_idle(
+    spec: PathSpec, job: dict[str, Any], count: int
+) -> list[tuple[asyncio.DatagramTransport, _Proto]]:
+    """``count`` endpoints beside the busy one: same loop, path and address, each its own port."""
+    _allow_files(count)
+    # Port 0: the kernel picks a distinct free port for each (the raw path reserves it with its
+    # guard socket), so they never collide with the busy endpoint's or with each other.
+    idle_job = {**job, "port": 0}
+    idle: list[tuple[asyncio.DatagramTransport, _Proto]] = []
+    try:
+        for _ in range(count):
+            proto = _Proto("idle")
+            idle.append((await _open(spec, idle_job, proto, None), proto))
+    except BaseException:
+        for transport, _ in idle:
+            transport.close()
+        raise
+    return idle
+
+
 async def _asyncio_job(spec: PathSpec, job: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     role = job["role"]
     proto = _Proto(role)
     peer = (job["peer"], int(job["peer_port"])) if job.get("peer") else None
     transport = await _open(spec, job, proto, None)
+    idle: list[tuple[asyncio.DatagramTransport, _Proto]] = []
     result: dict[str, Any] = {}
     try:
+        if int(job.get("idle", 0)) > 0:
+            if role != "sink":
+                raise ValueError("idle endpoints go with the sink role only")
+            idle = await _open_idle(spec, job, int(job["idle"]))
         stop: asyncio.Future[None] = loop.create_future()
         go: asyncio.Future[None] = loop.create_future()
 
@@ -162,11 +206,18 @@ async def _asyncio_job(spec: PathSpec, job: dict[str, Any]) -> dict[str, Any]:
 
         _StdinWatch(on_line)
         _emit(event="ready", pid=os.getpid(), port=transport.get_extra_info("sockname")[1])
+        # Without start-up and endpoint opening: the CPU the datagrams themselves cost, a figure
+        # that other load on the machine does not move the way it moves the receive rate.
+        ready = _rusage()
         if role in ("echo", "sink"):
             await stop
-            result = {"received": proto.count}
+            result = {"received": proto.count, "receive_rusage": _since(ready)}
             if role == "sink":
                 result.update(first_ns=proto.first_ns, last_ns=proto.last_ns)
+                if idle:
+                    result["idle"] = len(idle)
+                    # Any datagram an idle endpoint got would be a demultiplexing bug.
+                    result["idle_received"] = sum(p.count for _, p in idle)
         elif role == "rtt":
             assert peer is not None
             result = await _asyncio_rtt(transport, proto, peer, job)
@@ -181,6 +232,8 @@ async def _asyncio_job(spec: PathSpec, job: dict[str, Any]) -> dict[str, Any]:
         if stats is not None:
             result["stats"] = stats
     finally:
+        for other, _ in idle:
+            other.close()
         transport.close()
     return result
 
@@ -250,6 +303,8 @@ async def _anyio_job(spec: PathSpec, job: dict[str, Any]) -> dict[str, Any]:
     import anyio.from_thread
 
     role = job["role"]
+    if job.get("idle"):
+        raise ValueError("idle endpoints are implemented on the asyncio-style paths only")
     family: Any = _family(job)
     peer_host = job.get("peer")
     peer_port = int(job.get("peer_port", 0))
@@ -418,8 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             result = _plain_job(job)
         else:
             result = _run(get_path(job["path"]), job)
-        after = _rusage()
-        result["rusage"] = {k: after[k] - before[k] for k in after}
+        result["rusage"] = _since(before)
     except KeyboardInterrupt:
         _emit(event="error", error="interrupted")
         return 1

@@ -20,12 +20,29 @@ ROOT = Path(__file__).resolve().parents[2]
 SELECTED = ["asyncio", "uvloop", "raw-uvloop"]
 
 
-def _bench(out: Path, *extra: str) -> subprocess.Popen[str]:
+def _start(*args: str) -> subprocess.Popen[str]:
+    """``python -m ARGS`` with this checkout first on the path, its output piped."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", "rawtransport.bench.cli", "--quick", "--no-progress",
-         "--paths", ",".join(SELECTED), "--out", str(out), *extra],
+        [sys.executable, "-m", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+    )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Its stdout and stderr once it exits; killed (by its PID) if it outlives ``timeout``."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _bench(out: Path, *extra: str) -> subprocess.Popen[str]:
+    return _start(
+        "rawtransport.bench.cli", "--quick", "--no-progress", "--paths", ",".join(SELECTED),
+        "--out", str(out), *extra,
     )  # fmt: skip
 
 
@@ -55,12 +72,7 @@ def _children_alive(pids: list[int]) -> list[int]:
 
 def test_quick_bench_writes_report_json_and_chart(tmp_path: Path) -> None:
     proc = _bench(tmp_path)
-    try:
-        stdout, stderr = proc.communicate(timeout=100)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    stdout, stderr = _finish(proc, 100)
     assert proc.returncode == 0, stderr[-3000:]
     assert "report:" in stdout
     data = json.loads((tmp_path / "bench.json").read_text())
@@ -115,22 +127,31 @@ def test_sigterm_mid_run_removes_namespaces_and_workers(tmp_path: Path) -> None:
     wait_for(lambda: not _children_alive(seen), timeout=10, what="workers gone")
 
 
+def _bench_command(*args: str) -> tuple[str, int]:
+    """Run ``python -m rawtransport bench ARGS`` to the end; its stdout and its PID."""
+    proc = _start("rawtransport", "bench", *args)
+    out, err = _finish(proc, 300)
+    assert proc.returncode == 0, err
+    return out, proc.pid
+
+
+def _table(block: str) -> dict[str, list[str]]:
+    """The rows of a printed table (heading line first): label -> cells."""
+    cells = [re.split(r"\s{2,}", line.strip()) for line in block.splitlines()[1:] if line.strip()]
+    return {c[0]: c[1:] for c in cells}
+
+
 def test_bench_endpoints_reports_both_paths_and_cleans_up() -> None:
     """``bench endpoints`` with a few queries: every row has a kernel and a raw figure, and the
     namespaces it made are gone when it returns."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rawtransport", "bench", "endpoints", "--queries", "5",
-         "--concurrency", "3", "--repeat", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
-    )  # fmt: skip
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    cells = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()[3:] if line.strip()]
-    rows = {c[0]: c[1:] for c in cells}
+    out, pid = _bench_command("endpoints", "--queries", "5", "--concurrency", "3", "--repeat", "1")
+    title, table = out.split("\n\n")[:2]
+    assert "stdlib asyncio loop" in title, out
+    rows = _table(table)
     assert set(rows) == {
         "query p50 µs",
         "query p99 µs",
+        "endpoints per second",
         "worst loop stall ms",
         "5 queries, 3 at a time, ms",
         "worst stall then, ms",
@@ -138,4 +159,30 @@ def test_bench_endpoints_reports_both_paths_and_cleans_up() -> None:
     for label, (kernel, raw, _ratio) in rows.items():
         assert float(kernel) >= 0, (label, out)
         assert float(raw) > 0, (label, out)
-    assert _namespaces_of(proc.pid) == []
+    assert float(rows["endpoints per second"][0]) > 0, out
+    assert _namespaces_of(pid) == []
+
+
+def test_bench_idle_reports_both_paths_and_cleans_up() -> None:
+    """``bench idle`` with 20 idle endpoints and one short run: both paths have a rate with and
+    without them and a ratio, and the namespaces it made are gone when it returns."""
+    out, pid = _bench_command("idle", "--idle", "20", "--duration", "0.3", "--repeat", "1")
+    title, table, verdict = out.split("\n\n")[:3]
+    assert "20 idle" in title, out
+    assert "stdlib asyncio loop" in title, out
+    rows = _table(table)
+    assert set(rows) == {
+        f"{kind} ({path}) {metric}"
+        for kind, path in (
+            ("raw", "raw-asyncio"),
+            ("kernel", "asyncio"),
+            ("kernel", "asyncio-maxsize"),
+        )
+        for metric in ("kpps", "CPU µs/datagram")
+    }, out
+    for label, cells in rows.items():
+        assert len(cells) == 3, (label, out)  # no idle, 20 idle, idle ÷ none
+        assert all(float(c) > 0 for c in cells), (label, out)
+    assert verdict.startswith("raw: 20 idle endpoints"), out
+    assert "expected none" not in verdict, out  # no datagram reached an idle endpoint
+    assert _namespaces_of(pid) == []
