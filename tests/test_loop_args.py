@@ -65,5 +65,3 @@ def test_removed_reuse_address_is_an_unexpected_keyword() -> None:
     std, raw = asyncio.run(_both({"local_addr": ("127.0.0.1", 0), "reuse_address": True}))
     assert std[0] == raw[0] == "TypeError"
     assert "unexpected keyword argument 'reuse_address'" in raw[1]
-
-

@@ -105,11 +105,8 @@ def test_servers_on_one_port_share_its_flows(veth: VethPair, kind: str, family: 
     with probe:
         probe.bind(("127.0.0.1", 0) if family == 4 else ("::1", 0))
         port = probe.getsockname()[1]
-    servers = [
-        veth.popen_a(sys.executable, "-c", _SERVER, kind, host, str(port), str(ROOT),
-                     stdout=subprocess.PIPE)  # fmt: skip
-        for _ in range(SERVERS)
-    ]
+    argv = (sys.executable, "-c", _SERVER, kind, host, str(port), str(ROOT))
+    servers = [veth.popen_a(*argv, stdout=subprocess.PIPE) for _ in range(SERVERS)]
     try:
         for proc in servers:
             assert _readline(proc, TIMEOUT) == "ready"
