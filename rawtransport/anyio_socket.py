@@ -4,49 +4,63 @@
 ``anyio.create_udp_socket()`` / ``anyio.create_connected_udp_socket()`` (plus a few keyword-only knobs
 of the raw path) and return :class:`RawUDPSocket` / :class:`RawConnectedUDPSocket`, which implement
 ``anyio.abc.UDPSocket`` / ``anyio.abc.ConnectedUDPSocket``. The protocol logic is the asyncio endpoint's
-(:class:`~rawtransport.endpoint.RawUdpEndpoint` and its engine); this module only waits.
+(:class:`~rawtransport.endpoint.RawUdpEndpoint` and its engine); this module only queues and waits.
 
-Waiting uses nothing but ``anyio.wait_readable``/``wait_writable`` and cancel scopes, so there is no
-backend-specific code. trio lets only one task wait on a descriptor at a time, yet frames must be read
-even when the user only sends (an ARP/ND reply releases a datagram waiting for its next hop). So every
-wait happens in one place, the *pump*: whichever task needs progress (``receive()`` with an empty queue,
-``send()`` whose datagram waits for its neighbour or for a writable socket) runs one pump round if no
-other task is running one, else waits for the end of that round. A round reads what is there without
-blocking; if nothing came it waits until the packet socket is readable (or the guard socket, where
-ICMP errors land, for a connected socket; or the sending socket writable while frames are held back),
-at the latest until the engine's next timer (ARP/ND retransmit or failure).
+**One stack per event-loop run.** The sockets of a run that agree on the stack's knobs (``interface``,
+``rx_mode``, ``tx_mode``, ``rcvbuf``, ``qdisc_bypass``) and live in one network namespace share one
+raw stack (:mod:`rawtransport.stack_anyio`): one receiving packet socket and ring, one sender per
+interface, the rtnetlink monitor, the neighbour table and the reassembler. The first socket of a run
+opens it on a worker thread (the ring setup waits in the kernel for milliseconds) and sockets created
+meanwhile wait for that opening; every later socket is a guard UDP socket and an entry in the stack's
+table, made on the event-loop thread in microseconds (``reuse_port`` and ``kernel_bypass`` add a step
+off the loop: a fanout ring, an nftables rule). The stack stays
+:data:`~rawtransport.stack_loop.LINGER` seconds after its last socket closed, so a
+one-socket-per-query client resolves its next hop once, and closes when the run ends.
+
+**Waiting** uses nothing but ``anyio.wait_readable``/``wait_writable``, cancel scopes and events, so it
+is the same on every backend. trio lets only one task wait on a descriptor at a time, yet frames must
+be read even when the user only sends (an ARP/ND reply releases a datagram waiting for its next hop).
+So every wait of every socket of a stack happens in one place, the stack's *pump*: a task that needs
+progress (``receive()`` with an empty queue, ``send()`` whose datagram waits for its neighbour or for
+a writable socket) pumps if no other task does, else sleeps until the pumper hands its socket news
+(or hands it the pump). The pumper reads the shared receiver into every socket's queue and waits
+until the receiver is readable (or a connected socket's guard, where ICMP errors land; or a sending
+socket writable while frames are held back), at the latest until the host's next timer (ARP/ND
+retransmit or failure, fragment expiry).
 
 Semantics (where anyio's own backends differ, the kernel socket is the reference):
 
 - **Receive queue**: datagrams read by the pump wait in a queue of ``receive_queue`` datagrams (default
   1024). When it is full the newest datagram is dropped, as a full kernel socket buffer drops, and
   counted as ``dropped["receive_queue_full"]`` in the stats (anyio's asyncio backend silently keeps the
-  last 100). A cancelled ``receive()`` loses nothing.
+  last 100). A cancelled ``receive()`` loses nothing. As a kernel socket's buffer fills while its
+  owner does not read, a socket's queue fills while other sockets of the stack pump.
 - **send()** returns once the datagram's frames are handed to the kernel. To a neighbour not yet in the
   cache it first waits for the ARP/ND reply (one round trip; if the neighbour never answers, about
   ``max_attempts × retransmit_interval`` = 3 s, after which the datagram is dropped and counted as
   ``neighbour_failed``). A ``send()`` cancelled during that wait leaves its datagram queued for the
   neighbour, as a kernel socket's datagram is queued in the neighbour entry once ``sendto()`` returned:
   it leaves when a later pump round reads the reply, or is counted as ``closed_unsent`` at ``aclose()``.
+  The neighbour table is the stack's, shared by its sockets as the kernel's is.
 - **Errors** of a connected socket (ICMP port unreachable -> ``ConnectionRefusedError``, an unresolvable
   peer -> ``EHOSTUNREACH``) and read errors of the packet socket are held like the kernel's ``sk_err``:
   the next ``receive()`` or ``send()`` raises the ``OSError`` itself, once (anyio's trio backend raises
-  ``BrokenResourceError`` from it; its asyncio backend stores it and never raises it).
+  ``BrokenResourceError`` from it; its asyncio backend stores it and never raises it). A read error
+  of the shared packet socket is held by every socket of the stack.
 - **Closing**: ``aclose()`` wakes any task blocked in ``receive()``/``send()``, which then raise
   ``ClosedResourceError``, as does every later call (queued datagrams are discarded and counted as
-  ``closed``). Two tasks in ``receive()`` (or in ``send()``) at once: ``BusyResourceError``.
+  ``closed``). Two tasks in ``receive()`` (or in ``send()``) at once: ``BusyResourceError``. A socket
+  still open when the event-loop run ends is closed with its stack.
 - **A vanished interface** (the one given as ``interface=`` or holding the bound address) breaks the
   socket for good: the next ``receive()``/``send()`` raises ``BrokenResourceError`` from the
-  ``ENETDOWN``. Routing and address changes are read from rtnetlink at each pump round and each send,
+  ``ENETDOWN``. Routing and address changes are read from rtnetlink at each pump pass and each send,
   not waited for: a ``receive()`` blocked on a wildcard socket notices them with the next frame,
   as a kernel socket bound to a vanished address would simply go on waiting.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
 import socket
 import time
 from collections import deque
@@ -65,9 +79,10 @@ from anyio import (
 from anyio.abc import ConnectedUDPSocket, IPAddressType, IPSockAddrType, UDPSocket
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from rawtransport.endpoint import RawUdpEndpoint
+from rawtransport.endpoint import RawUdpEndpoint, filter_entry, reuse_port, stack_options
 from rawtransport.engine import DatagramReceived, Event, OutgoingFrame
-from rawtransport.workers import run_in_new_thread
+from rawtransport.stack import StackOptions
+from rawtransport.stack_anyio import AnyioStack, anyio_stack, run_off_loop
 
 __all__ = [
     "RawConnectedUDPSocket",
@@ -81,23 +96,17 @@ AnyIPAddressFamily = Literal[AddressFamily.AF_UNSPEC, AddressFamily.AF_INET, Add
 
 #: Default bound of the receive queue, in datagrams.
 DEFAULT_RECEIVE_QUEUE = 1024
-# Frames read per pump round before other tasks get a turn.
-_READ_BUDGET = 64
-# The route cache is rechecked on every send after 1 ms; a pump round drains the netlink monitor as
-# often so that receive checks (is this destination ours?) see address changes too.
-_NETLINK_INTERVAL = 0.001
-# A sending socket may be closed under a waiter when its interface vanishes (the endpoint refreshes
-# on netlink news), which notify_closing() cannot cover: bound writable waits so none hangs.
-_WRITABLE_WAIT_MAX = 0.05
 
 
 class RawSocketAttribute(TypedAttributeSet):
     """Typed attributes the raw path adds to anyio's ``SocketAttribute`` (read with ``sock.extra()``).
 
     ``stats``: a fresh dict of counters (frames received, datagrams delivered and sent, drops by
-    reason, neighbour resolver and kernel ``PACKET_STATISTICS`` counters, the receive queue's length
-    and bound); after ``aclose()`` the last snapshot. ``packet_socket``: the receiving ``AF_PACKET``
-    socket (read it only for its options; reading from it steals the endpoint's frames).
+    reason, the receive queue's length and bound; shared with the other sockets of the stack: the
+    neighbour table's counters, the kernel's ``PACKET_STATISTICS`` of the receiving socket, and
+    ``"stack"``, the stack-wide view); after ``aclose()`` the last snapshot. ``packet_socket``: the
+    stack's receiving ``AF_PACKET`` socket, shared by its sockets (read it only for its options;
+    reading from it steals every socket's frames).
     """
 
     stats: Mapping[str, object] = typed_attribute()
@@ -112,12 +121,16 @@ def _convert_addr(addr: tuple[Any, ...]) -> IPSockAddrType:
     return addr[0], addr[1]
 
 
-class _Pump:
-    """The endpoint, its receive queue and the single place where tasks wait (see the module)."""
+class _Socket:
+    """One socket's endpoint, receive queue, held error and held-back frames; its waits go through
+    the stack's pump (:class:`~rawtransport.stack_anyio.AnyioStack`, see the module docstring)."""
 
-    def __init__(self, endpoint: RawUdpEndpoint, *, receive_queue: int, connected: bool) -> None:
+    def __init__(
+        self, endpoint: RawUdpEndpoint, stack: AnyioStack, *, receive_queue: int, connected: bool
+    ) -> None:
         self.ep = endpoint
         self.engine = endpoint.engine
+        self.stack = stack
         self.connected = connected
         self.queue: deque[tuple[bytes, IPSockAddrType]] = deque()
         self.queue_limit = receive_queue
@@ -127,11 +140,8 @@ class _Pump:
         self.retry_at: float | None = None
         self.error: OSError | None = None
         self.closed = False
-        self.pumping = False
-        self.scope: CancelScope | None = None
-        self.progress: anyio.Event | None = None
-        self.netlink_at = -math.inf
         self.last_stats: dict[str, object] | None = None
+        stack.attach(self)
 
     # ------------------------------------------------------------------------------ state checks
     def check_usable(self) -> None:
@@ -150,11 +160,13 @@ class _Pump:
             raise BrokenResourceError from self.ep.lost
 
     def set_error(self, exc: OSError) -> None:
-        # One pending error, the newest winning, as sk_err is overwritten by each ICMP error.
+        """Hold ``exc``: one pending error, the newest winning, as sk_err is overwritten by each
+        ICMP error."""
         self.error = exc
 
     # ----------------------------------------------------------------------------- moving bytes
     def deliver(self, events: list[Event]) -> None:
+        """Queue received datagrams (dropping the newest beyond the bound); hold errors."""
         for event in events:
             if isinstance(event, DatagramReceived):
                 if len(self.queue) >= self.queue_limit:
@@ -164,6 +176,15 @@ class _Pump:
                     self.queue.append((event.data, _convert_addr(event.addr)))
             elif self.connected:
                 self.set_error(event.exc)
+
+    def stack_ready(self) -> None:
+        """The pump fed the engine (datagrams, errors, frames a neighbour reply released)."""
+        self.deliver(self.engine.events())
+        errors = self.flush()
+        if errors:
+            # Errors writing released or retransmitted frames have no caller: the kernel does not
+            # report a neighbour queue's transmit errors to the socket either.
+            self.engine.count_drop("tx_error", len(errors))
 
     def flush(self) -> list[OSError]:
         """Write what the engine produced, in order; keep what the kernel would not take yet."""
@@ -179,97 +200,8 @@ class _Pump:
         else:
             self.backoff = 0.0
             self.retry_at = None
+        self.stack.set_blocked(self, bool(remaining))
         return errors
-
-    def drain(self) -> bool:
-        """One non-blocking pass over every source of work; True if it did anything."""
-        now = time.monotonic()
-        ep, engine = self.ep, self.engine
-        pending = engine.pending_resolution
-        did = False
-        if now - self.netlink_at >= _NETLINK_INTERVAL:
-            self.netlink_at = now
-            try:
-                ep.netlink_ready(now)
-            except OSError:
-                engine.count_drop("netlink_error")
-        try:
-            events = ep.read_ready(now, _READ_BUDGET)
-        except OSError as exc:
-            self.set_error(exc)
-            events = engine.events()
-            did = True
-        if events:
-            self.deliver(events)
-            did = True
-        if self.connected:
-            guard_error = ep.guard_ready()
-            if guard_error is not None:
-                self.set_error(guard_error)
-                did = True
-        timer = ep.get_timer()
-        if timer is not None and timer <= now:
-            ep.handle_timer(now)
-            self.deliver(engine.events())
-            did = True
-        # A reply that released datagrams yields no event, only frames (and a lower pending count).
-        did = did or engine.has_output or engine.pending_resolution != pending
-        before = len(self.out)
-        # Errors writing released or retransmitted frames have no caller: the kernel does not report
-        # a neighbour queue's transmit errors to the socket either (neigh_resolve_output()).
-        errors = self.flush()
-        if errors:
-            engine.count_drop("tx_error", len(errors))
-        return did or len(self.out) != before
-
-    # ----------------------------------------------------------------------------------- waiting
-    async def round(self) -> None:
-        """Make one round of progress, or wait for the end of the round another task is making."""
-        if self.pumping:
-            if self.progress is None:
-                self.progress = anyio.Event()
-            await self.progress.wait()
-            return
-        self.pumping = True
-        try:
-            if not self.drain():
-                await self._wait_io()
-                if not self.closed:
-                    self.drain()
-        finally:
-            self.pumping = False
-            self.scope = None
-            progress, self.progress = self.progress, None
-            if progress is not None:
-                progress.set()
-
-    async def _wait_io(self) -> None:
-        timer = self.ep.get_timer()
-        delay = math.inf if timer is None else max(0.0, timer - time.monotonic())
-        waits: list[tuple[Callable[[int], Any], int]] = [
-            (anyio.wait_readable, fd) for fd in self.ep.receiver_fds()
-        ]
-        if self.connected:
-            # Only an ICMP error (sk_err) makes the guard readable: its filter drops every datagram.
-            waits.append((anyio.wait_readable, self.ep.guard.fileno()))
-        if self.retry_at is not None:
-            delay = min(delay, max(0.0, self.retry_at - time.monotonic()))
-        elif self.out:
-            waits.append((anyio.wait_writable, self.ep.sender_fileno(self.out[0].ifindex)))
-            delay = min(delay, _WRITABLE_WAIT_MAX)
-        with CancelScope(deadline=anyio.current_time() + delay) as scope:
-            self.scope = scope
-            if len(waits) == 1:
-                await _wait_one(waits[0][0], waits[0][1])
-            else:
-                async with anyio.create_task_group() as tg:
-                    for wait, fd in waits:
-                        tg.start_soon(_wait_then_cancel, wait, fd, scope)
-
-    def kick(self) -> None:
-        """End the running round's wait now, so the pump recomputes what to wait for and until when."""
-        if self.scope is not None:
-            self.scope.cancel()
 
     # -------------------------------------------------------------------------------- operations
     async def receive(self) -> tuple[bytes, IPSockAddrType]:
@@ -279,12 +211,17 @@ class _Pump:
             # sk_err before the queue, as __skb_recv_udp() checks sock_error() first.
             self.check_usable()
             if self.queue:
-                item = self.queue.popleft()
                 if not yielded:
+                    if self.connected:
+                        # Other sockets' pumping filled the queue without looking at our guard.
+                        guard_error = self.ep.guard_ready()
+                        if guard_error is not None:
+                            raise guard_error
+                    item = self.queue.popleft()
                     await cancel_shielded_checkpoint()
-                return item
-            await self.round()
-            yielded = True
+                    return item
+                return self.queue.popleft()
+            yielded = await self.stack.round(self) or yielded
 
     async def send(self, data: Any, addr: Any) -> None:
         await checkpoint_if_cancelled()
@@ -303,11 +240,13 @@ class _Pump:
         if engine.pending_resolution <= mark and not self.out:
             await cancel_shielded_checkpoint()
             return
-        # The pump may be waiting with no deadline, or not for writability: make it look again.
-        self.kick()
+        # The pumper may be waiting with no deadline, or not for writability: make it look again.
+        self.stack.kick()
         while engine.pending_resolution > mark or self.out:
             self.check_open()
-            await self.round()
+            if not await self.stack.round(self):
+                # News at once (datagrams for this socket, say): still let other tasks run.
+                await checkpoint()
 
     async def _resolve(self, addr: Any) -> Any:
         """Resolve a host name without blocking the loop (socket.sendto() would block on it)."""
@@ -328,16 +267,19 @@ class _Pump:
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
-            if self.pumping:
-                # Let the task waiting on our descriptors leave its waits before they are closed.
-                self.kick()
+            if self.stack.detach(self):
+                # Let the pumper leave its waits on our descriptors before they are closed.
                 with CancelScope(shield=True):
-                    while self.pumping:
-                        if self.progress is None:
-                            self.progress = anyio.Event()
-                        await self.progress.wait()
+                    await self.stack.wait_left()
             self._release()
         await checkpoint()
+
+    def run_ended(self) -> None:
+        """The event-loop run ends with the socket open: close it with the stack."""
+        if not self.closed:
+            self.closed = True
+            self.stack.detach(self)
+            self._release()
 
     def _release(self) -> None:
         engine = self.engine
@@ -349,9 +291,12 @@ class _Pump:
             engine.count_drop("closed_unsent", unsent)
         self.out.clear()
         self.last_stats = self.stats()
-        for fd in (*self.ep.receiver_fds(), self.ep.guard.fileno()):
+        for fd in self.stack.fds_of(self):
             anyio.notify_closing(fd)
-        self.ep.close()
+        try:
+            self.ep.close()
+        finally:
+            self.stack.release()
 
     def stats(self) -> dict[str, object]:
         if self.last_stats is not None:
@@ -368,17 +313,6 @@ class _Pump:
         }
 
 
-async def _wait_one(wait: Callable[[int], Any], fd: int) -> None:
-    # ClosedResourceError: aclose() is under way, and the caller sees ``closed``.
-    with contextlib.suppress(ClosedResourceError):
-        await wait(fd)
-
-
-async def _wait_then_cancel(wait: Callable[[int], Any], fd: int, scope: CancelScope) -> None:
-    await _wait_one(wait, fd)
-    scope.cancel()
-
-
 @final
 class RawUDPSocket(UDPSocket):
     """An unconnected UDP socket on the raw path (``anyio.abc.UDPSocket``); see the module docstring.
@@ -387,19 +321,19 @@ class RawUDPSocket(UDPSocket):
     guard UDP socket holding the address) and :class:`RawSocketAttribute`.
     """
 
-    def __init__(self, endpoint: RawUdpEndpoint, *, receive_queue: int) -> None:
-        self._pump = _Pump(endpoint, receive_queue=receive_queue, connected=False)
+    def __init__(self, endpoint: RawUdpEndpoint, stack: AnyioStack, *, receive_queue: int) -> None:
+        self._sock = _Socket(endpoint, stack, receive_queue=receive_queue, connected=False)
         self._receive_guard = anyio.ResourceGuard("reading from")
         self._send_guard = anyio.ResourceGuard("writing to")
 
     @property
     def _raw_socket(self) -> socket.socket:
-        return self._pump.ep.guard
+        return self._sock.ep.guard
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         """anyio's socket attributes plus :class:`RawSocketAttribute`."""
-        return {**super().extra_attributes, **self._pump.extra()}
+        return {**super().extra_attributes, **self._sock.extra()}
 
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> RawUDPSocket:
@@ -409,17 +343,17 @@ class RawUDPSocket(UDPSocket):
     async def receive(self) -> tuple[bytes, IPSockAddrType]:
         """The next datagram and its sender's ``(host, port)``."""
         with self._receive_guard:
-            return await self._pump.receive()
+            return await self._sock.receive()
 
     async def send(self, item: tuple[bytes, IPSockAddrType]) -> None:
         """Send ``data`` to ``(host, port)``: ``item`` is ``(data, (host, port))``."""
         with self._send_guard:
             data, addr = item
-            await self._pump.send(data, addr)
+            await self._sock.send(data, addr)
 
     async def aclose(self) -> None:
         """Close the socket; blocked and later calls raise ``ClosedResourceError``."""
-        await self._pump.aclose()
+        await self._sock.aclose()
 
 
 @final
@@ -430,20 +364,20 @@ class RawConnectedUDPSocket(ConnectedUDPSocket):
     as :class:`RawUDPSocket`, plus ``remote_address`` and ``remote_port``.
     """
 
-    def __init__(self, endpoint: RawUdpEndpoint, *, receive_queue: int) -> None:
-        self._pump = _Pump(endpoint, receive_queue=receive_queue, connected=True)
+    def __init__(self, endpoint: RawUdpEndpoint, stack: AnyioStack, *, receive_queue: int) -> None:
+        self._sock = _Socket(endpoint, stack, receive_queue=receive_queue, connected=True)
         self._peer = endpoint.guard.getpeername()
         self._receive_guard = anyio.ResourceGuard("reading from")
         self._send_guard = anyio.ResourceGuard("writing to")
 
     @property
     def _raw_socket(self) -> socket.socket:
-        return self._pump.ep.guard
+        return self._sock.ep.guard
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         """anyio's socket attributes plus :class:`RawSocketAttribute`."""
-        return {**super().extra_attributes, **self._pump.extra()}
+        return {**super().extra_attributes, **self._sock.extra()}
 
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> RawConnectedUDPSocket:
@@ -453,16 +387,16 @@ class RawConnectedUDPSocket(ConnectedUDPSocket):
     async def receive(self) -> bytes:
         """The next datagram from the peer (or the held error, see the module docstring)."""
         with self._receive_guard:
-            return (await self._pump.receive())[0]
+            return (await self._sock.receive())[0]
 
     async def send(self, item: bytes) -> None:
         """Send one datagram to the peer."""
         with self._send_guard:
-            await self._pump.send(item, self._peer)
+            await self._sock.send(item, self._peer)
 
     async def aclose(self) -> None:
         """Close the socket; blocked and later calls raise ``ClosedResourceError``."""
-        await self._pump.aclose()
+        await self._sock.aclose()
 
 
 # ------------------------------------------------------------------------------------- creation
@@ -491,20 +425,15 @@ def _check_options(family: int, receive_queue: int) -> None:
         raise ValueError(f"receive_queue must be >= 1, not {receive_queue}")
 
 
-def _open_endpoint(
+def _make_guard(
     family: int,
     local_address: tuple[Any, ...] | None,
     remote_address: tuple[Any, ...] | None,
     *,
     allow_broadcast: bool,
-    interface: str | None,
-    qdisc_bypass: bool,
-    rcvbuf: int | None,
-    rx_mode: str,
-    tx_mode: str,
-    kernel_bypass: bool,
     reuse_port: bool,
-) -> RawUdpEndpoint:
+) -> tuple[socket.socket, tuple[bytes, int] | None]:
+    """The bound (and maybe connected) guard UDP socket, and the peer as (address bytes, port)."""
     guard = socket.socket(family, socket.SOCK_DGRAM)
     try:
         guard.setblocking(False)
@@ -524,31 +453,83 @@ def _open_endpoint(
         if guard.getsockname()[1] == 0:
             # The raw endpoint needs its port now; a kernel socket autobinds on first use.
             guard.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        return RawUdpEndpoint.open(
-            guard,
-            remote=remote,
-            allow_broadcast=allow_broadcast,
-            interface=interface,
-            qdisc_bypass=qdisc_bypass,
-            rcvbuf=rcvbuf,
-            rx_mode=rx_mode,
-            tx_mode=tx_mode,
-            kernel_bypass=kernel_bypass,
+    except BaseException:
+        guard.close()
+        raise
+    return guard, remote
+
+
+async def _register(
+    stack: AnyioStack,
+    guard: socket.socket,
+    remote: tuple[bytes, int] | None,
+    *,
+    allow_broadcast: bool,
+    kernel_bypass: bool,
+) -> RawUdpEndpoint:
+    """The guard's endpoint on ``stack``: a table entry and a filter swap, on the event-loop thread
+    (microseconds); a ``reuse_port`` guard's fanout ring and ``kernel_bypass``'s nftables rule are
+    made off the loop (ring setup and ``nft`` wait). Closes the guard if it fails."""
+    try:
+        fanout = None
+        if reuse_port(guard):
+            fanout = await run_off_loop(
+                functools.partial(stack.stack.open_fanout, filter_entry(guard))
+            )
+        # Registered, the stack owns the fanout receiver; if registering fails, open() closes it.
+        endpoint = RawUdpEndpoint.open(
+            guard, remote=remote, allow_broadcast=allow_broadcast, stack=stack.stack, fanout=fanout
         )
     except BaseException:
         guard.close()
         raise
-
-
-async def _open_off_loop(*args: Any, **kwargs: Any) -> RawUdpEndpoint:
-    """:func:`_open_endpoint` in a thread of its own (workers.py): the ring setup waits in the
-    kernel for milliseconds, and the event loop runs other tasks meanwhile. A pooled thread waits
-    for it, not abandoned on cancel (:func:`_finish` then closes what it opened)."""
-    opening = run_in_new_thread(functools.partial(_open_endpoint, *args, **kwargs))
-    return await anyio.to_thread.run_sync(opening.result)
+    if kernel_bypass:
+        try:
+            # Registered first, as RawUdpEndpoint.open() does: until the rule is in, the kernel
+            # also takes the datagrams and the guard's drop-all filter discards them.
+            await run_off_loop(endpoint._install_bypass)
+        except BaseException:
+            endpoint.close()
+            raise
+    return endpoint
 
 
 _S = TypeVar("_S", RawUDPSocket, RawConnectedUDPSocket)
+
+
+async def _open_socket(
+    cls: type[_S],
+    family: int,
+    local_address: tuple[Any, ...] | None,
+    remote_address: tuple[Any, ...] | None,
+    *,
+    options: StackOptions,
+    receive_queue: int,
+    allow_broadcast: bool,
+    kernel_bypass: bool,
+    reuse_port: bool,
+) -> _S:
+    guard, remote = _make_guard(
+        family,
+        local_address,
+        remote_address,
+        allow_broadcast=allow_broadcast,
+        reuse_port=reuse_port,
+    )
+    try:
+        # The run's stack for these options: opened off the loop by the first socket, then shared.
+        stack = await anyio_stack(options)
+    except BaseException:
+        guard.close()
+        raise
+    try:
+        endpoint = await _register(
+            stack, guard, remote, allow_broadcast=allow_broadcast, kernel_bypass=kernel_bypass
+        )
+    except BaseException:
+        stack.release()
+        raise
+    return await _finish(cls(endpoint, stack, receive_queue=receive_queue))
 
 
 async def _finish(sock: _S) -> _S:
@@ -580,14 +561,23 @@ async def create_raw_udp_socket(
 
     The positional and the first keyword arguments are anyio's, validated and resolved as anyio does
     (``reuse_port=True``: ``SO_REUSEPORT``; sockets on one address and port, in this process or
-    others, share its flows, each datagram to one of them). Raw-path knobs: ``interface`` (receive and send on this link only),
-    ``allow_broadcast`` (``SO_BROADCAST``), ``receive_queue`` (datagrams held for ``receive()``, the
-    newest dropped beyond it), ``qdisc_bypass``, ``rcvbuf``, ``rx_mode``, ``tx_mode`` and
-    ``kernel_bypass`` (as for ``create_raw_datagram_endpoint()``).
+    others, share its flows, each datagram to one of them). Raw-path knobs: ``interface`` (receive
+    and send on this link only), ``allow_broadcast`` (``SO_BROADCAST``), ``receive_queue``
+    (datagrams held for ``receive()``, the newest dropped beyond it), ``qdisc_bypass``, ``rcvbuf``,
+    ``rx_mode``, ``tx_mode`` and ``kernel_bypass`` (as for ``create_raw_datagram_endpoint()``).
+    Sockets of one event-loop run with the same ``interface``, ``qdisc_bypass``, ``rcvbuf``,
+    ``rx_mode`` and ``tx_mode`` share one raw stack (see the module docstring).
     """
     if family is AddressFamily.AF_UNSPEC and not local_host:
         raise ValueError('Either "family" or "local_host" must be given')
     _check_options(family, receive_queue)
+    options = stack_options(
+        interface=interface,
+        qdisc_bypass=qdisc_bypass,
+        rcvbuf=rcvbuf,
+        rx_mode=rx_mode,
+        tx_mode=tx_mode,
+    )
     if local_host:
         gai_res = await _getaddrinfo(
             str(local_host), local_port, family, socket.AI_PASSIVE | socket.AI_ADDRCONFIG
@@ -598,20 +588,17 @@ async def create_raw_udp_socket(
         local_address = ("::", local_port)
     else:
         local_address = ("0.0.0.0", local_port)
-    endpoint = await _open_off_loop(
+    return await _open_socket(
+        RawUDPSocket,
         family,
         local_address,
         None,
+        options=options,
+        receive_queue=receive_queue,
         allow_broadcast=allow_broadcast,
-        interface=interface,
-        qdisc_bypass=qdisc_bypass,
-        rcvbuf=rcvbuf,
-        rx_mode=rx_mode,
-        tx_mode=tx_mode,
         kernel_bypass=kernel_bypass,
         reuse_port=reuse_port,
     )
-    return await _finish(RawUDPSocket(endpoint, receive_queue=receive_queue))
 
 
 async def create_raw_connected_udp_socket(
@@ -639,6 +626,13 @@ async def create_raw_connected_udp_socket(
     the peer reach the socket (see the module docstring for how they are reported).
     """
     _check_options(family, receive_queue)
+    options = stack_options(
+        interface=interface,
+        qdisc_bypass=qdisc_bypass,
+        rcvbuf=rcvbuf,
+        rx_mode=rx_mode,
+        tx_mode=tx_mode,
+    )
     local_address = None
     if local_host:
         gai_res = await _getaddrinfo(
@@ -653,17 +647,14 @@ async def create_raw_connected_udp_socket(
         local_address = (
             ("::", local_port) if family is AddressFamily.AF_INET6 else ("0.0.0.0", local_port)
         )
-    endpoint = await _open_off_loop(
+    return await _open_socket(
+        RawConnectedUDPSocket,
         family,
         local_address,
         remote_address,
+        options=options,
+        receive_queue=receive_queue,
         allow_broadcast=allow_broadcast,
-        interface=interface,
-        qdisc_bypass=qdisc_bypass,
-        rcvbuf=rcvbuf,
-        rx_mode=rx_mode,
-        tx_mode=tx_mode,
         kernel_bypass=kernel_bypass,
         reuse_port=reuse_port,
     )
-    return await _finish(RawConnectedUDPSocket(endpoint, receive_queue=receive_queue))

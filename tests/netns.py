@@ -538,3 +538,15 @@ def tcpdump_b(pair: VethPair, bpf_filter: str = "", *, args: Sequence[str] = ())
 def tcpdump_a(pair: VethPair, bpf_filter: str = "", *, args: Sequence[str] = ()) -> Capture:
     """Capture on ``if_a`` in namespace A; see :func:`tcpdump_b`."""
     return _tcpdump(pair, "a", bpf_filter, args)
+
+
+def is_packet_socket(fd: int) -> bool:
+    """Whether ``fd`` is (still, or again) an AF_PACKET socket."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        return s.family == socket.AF_PACKET
+    finally:
+        s.detach()

@@ -6,25 +6,32 @@ no object identities). It runs once on the raw sockets (``impl="raw"``) and once
 (``setns`` around the whole ``anyio.run``) and a kernel UDP peer in namespace B. Both results are
 checked against what the scenario must return; where anyio's backends disagree with each other (ICMP
 errors on a connected socket) the expectation says so and the raw socket keeps the kernel's answer.
+
+The last tests check the stack the sockets of a run share (rawtransport.stack_anyio): opened once
+by concurrent first sockets, registered on without a thread afterwards, reused by one socket per
+query within the linger, and closed after the linger or when the run ends, packet sockets and all.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import ConnectedUDPSocket, SocketAttribute, UDPSocket
+from anyio.abc import ConnectedUDPSocket, IPSockAddrType, SocketAttribute, UDPSocket
 
+from rawtransport import stack_loop, workers
 from rawtransport.anyio_socket import (
     RawConnectedUDPSocket,
     RawSocketAttribute,
@@ -32,7 +39,9 @@ from rawtransport.anyio_socket import (
     create_raw_connected_udp_socket,
     create_raw_udp_socket,
 )
-from tests.netns import VethPair, setns, udp_echo_peer_b, veth_pair
+from rawtransport.stack import RawStack, StackOptions
+from rawtransport.stack_anyio import AnyioStack
+from tests.netns import VethPair, is_packet_socket, setns, udp_echo_peer_b, veth_pair
 
 TIMEOUT = 5.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -630,3 +639,268 @@ def test_anyio_echo_example(veth: VethPair, family: int, backend: str) -> None:
     finally:
         server.terminate()
         server.wait(TIMEOUT)
+
+
+# ------------------------------------------------------------------- one stack per event-loop run
+
+
+def _packet_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd") if is_packet_socket(int(fd))}
+
+
+def _count_stack_opens(monkeypatch: pytest.MonkeyPatch) -> list[StackOptions]:
+    """Record each RawStack.open() (each is a ring setup on a worker thread)."""
+    opened: list[StackOptions] = []
+    real_open = RawStack.open
+
+    def counting_open(options: StackOptions) -> RawStack:
+        opened.append(options)
+        return real_open(options)
+
+    monkeypatch.setattr(RawStack, "open", staticmethod(counting_open))
+    return opened
+
+
+def _stack_of(sock: RawUDPSocket | RawConnectedUDPSocket) -> AnyioStack:
+    return sock._sock.stack
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_sockets_opened_together_share_one_stack(
+    veth: VethPair, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 sockets opened at once: one stack opening (the others wait for it), one packet socket;
+    all 20 wait in receive() at once and each gets the reply to its own datagram."""
+    opened = _count_stack_opens(monkeypatch)
+    n = 20
+
+    async def main() -> Any:
+        peer = Peer.create(veth, 4)
+        socks: list[RawUDPSocket] = []
+        with anyio.fail_after(TIMEOUT):
+
+            async def open_one() -> None:
+                socks.append(await create_raw_udp_socket(local_host=veth.ip4_a))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(open_one)
+            packet = {id(s.extra(RawSocketAttribute.packet_socket)) for s in socks}
+            got: dict[int, tuple[bytes, IPSockAddrType]] = {}
+
+            async def receive(i: int) -> None:
+                got[i] = await socks[i].receive()
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(receive, i)
+                await anyio.wait_all_tasks_blocked()
+                for i, sock in enumerate(socks):
+                    await sock.sendto(b"q%d" % i, veth.ip4_b, peer.port)
+                for _ in range(n):
+                    data, src = await peer.recv()
+                    peer.sock.sendto(b"re:" + data, src)
+            stats = [s.extra(RawSocketAttribute.stats) for s in socks]
+            for sock in socks:
+                await sock.aclose()
+        result = packet, got, stats, peer.port
+        peer.close()
+        return result
+
+    packet, got, stats, peer_port = run_in_a(veth, backend, main)
+    assert len(opened) == 1
+    assert len(packet) == 1, "the sockets of a run share the stack's packet socket"
+    assert got == {i: (b"re:q%d" % i, (veth.ip4_b, peer_port)) for i in range(n)}
+    assert [(s["sent"], s["delivered"]) for s in stats] == [(1, 1)] * n
+    # One resolution of the peer for all of them: the neighbour table is the stack's.
+    assert stats[-1]["neighbour"]["requests_sent"] == 1, stats[-1]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_a_socket_on_a_running_stack_opens_on_the_loop_thread(
+    veth: VethPair, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the stack is up, a socket (unconnected or connected) opens without any thread and
+    without opening a stack; it works at once."""
+    opened = _count_stack_opens(monkeypatch)
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self)
+        real_start(self)
+
+    async def main() -> Any:
+        peer = Peer.create(veth, 4)
+        with anyio.fail_after(TIMEOUT):
+            first = await create_raw_udp_socket(local_host=veth.ip4_a)
+            with monkeypatch.context() as patch:
+                patch.setattr(threading.Thread, "start", counting_start)
+                second = await create_raw_udp_socket(local_host=veth.ip4_a)
+                third = await create_raw_connected_udp_socket(veth.ip4_b, peer.port)
+            threads = list(started)
+            same = (
+                second.extra(RawSocketAttribute.packet_socket)
+                is third.extra(RawSocketAttribute.packet_socket)
+                is first.extra(RawSocketAttribute.packet_socket)
+            )
+            await second.sendto(b"from second", veth.ip4_b, peer.port)
+            await third.send(b"from third")
+            got = [(await peer.recv())[0], (await peer.recv())[0]]
+            for sock in (first, second, third):
+                await sock.aclose()
+        peer.close()
+        return threads, same, got
+
+    threads, same, got = run_in_a(veth, backend, main)
+    assert threads == [], "opening on a running stack started a thread"
+    assert len(opened) == 1
+    assert same
+    assert sorted(got) == [b"from second", b"from third"]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_one_socket_per_query_reuses_the_stack(
+    veth: VethPair, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dnspython pattern: a new connected socket per query, closed after the answer. Each
+    one after the first registers on the lingering stack, and the peer is resolved once."""
+    opened = _count_stack_opens(monkeypatch)
+    echo_peer = udp_echo_peer_b(veth, 4, 5353)
+    queries = 50
+
+    async def main() -> Any:
+        answers = []
+        stats: Mapping[str, Any] = {}
+        with anyio.fail_after(TIMEOUT):
+            for i in range(queries):
+                async with await create_raw_connected_udp_socket(
+                    veth.ip4_b, 5353, local_host=veth.ip4_a
+                ) as sock:
+                    await sock.send(b"query %d" % i)
+                    answers.append(await sock.receive())
+                    stats = sock.extra(RawSocketAttribute.stats)
+        return answers, stats
+
+    try:
+        answers, stats = run_in_a(veth, backend, main)
+    finally:
+        echo_peer.terminate()
+        echo_peer.wait(TIMEOUT)
+    assert answers == [b"query %d" % i for i in range(queries)]
+    assert len(opened) == 1
+    assert stats["neighbour"]["requests_sent"] == 1, stats["neighbour"]
+    assert stats["stack"]["endpoints"] == 1, stats["stack"]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_an_idle_stack_closes_after_the_linger(
+    veth: VethPair, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the last socket starts the linger; a socket opened within it reuses the stack; once
+    the linger has passed with none, the stack and its packet sockets close, and the next socket
+    opens a new stack."""
+    linger = 0.3
+    monkeypatch.setattr(stack_loop, "LINGER", linger)
+    opened = _count_stack_opens(monkeypatch)
+
+    async def main() -> Any:
+        peer = Peer.create(veth, 4)
+        out: dict[str, Any] = {}
+        with anyio.fail_after(TIMEOUT):
+            sock = await create_raw_udp_socket(local_host=veth.ip4_a)
+            stack = _stack_of(sock)
+            fd = sock.extra(RawSocketAttribute.packet_socket).fileno()
+            await sock.aclose()
+            sock = await create_raw_udp_socket(local_host=veth.ip4_a)
+            out["reused"] = _stack_of(sock) is stack
+            await sock.aclose()
+            closed_at = time.monotonic()
+            out["open_after_close"] = not stack.closed and is_packet_socket(fd)
+            await stack.closed_event.wait()
+            out["lingered"] = time.monotonic() - closed_at
+            out["drained"] = await anyio.to_thread.run_sync(workers.wait_closed, TIMEOUT)
+            out["fd_closed"] = not is_packet_socket(fd)
+            sock = await create_raw_udp_socket(local_host=veth.ip4_a)
+            out["new_stack"] = _stack_of(sock) is not stack
+            await sock.sendto(b"after", veth.ip4_b, peer.port)
+            out["sent"] = (await peer.recv())[0]
+            await sock.aclose()
+        peer.close()
+        return out
+
+    out = run_in_a(veth, backend, main)
+    assert out.pop("lingered") >= linger * 0.9
+    assert out == {
+        "reused": True,
+        "open_after_close": True,
+        "drained": True,
+        "fd_closed": True,
+        "new_stack": True,
+        "sent": b"after",
+    }
+    assert len(opened) == 2
+
+
+@pytest.mark.parametrize("left", ["idle", "open"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_no_packet_socket_outlives_the_run(veth: VethPair, backend: str, left: str) -> None:
+    """The run ends with its stack lingering (``idle``) or with sockets still open (``open``: one
+    plain, one connected and one ``reuse_port`` with its fanout ring, each having sent): no packet
+    socket of the run is left once anyio.run() has returned, and it did not wait for the linger."""
+    before = _packet_fds()
+
+    async def main() -> Any:
+        peer = Peer.create(veth, 4)
+        with anyio.fail_after(TIMEOUT):
+            socks: list[Any] = [
+                await create_raw_udp_socket(local_host=veth.ip4_a),
+                await create_raw_connected_udp_socket(veth.ip4_b, peer.port),
+                await create_raw_udp_socket(local_host=veth.ip4_a, reuse_port=True),
+            ]
+            await socks[0].sendto(b"a", veth.ip4_b, peer.port)
+            await socks[1].send(b"b")
+            await socks[2].sendto(b"c", veth.ip4_b, peer.port)
+            got = sorted([(await peer.recv())[0] for _ in range(3)])
+            fds = _packet_fds() - before
+            if left == "idle":
+                for sock in socks:
+                    await sock.aclose()
+        peer.close()
+        return got, fds, socks
+
+    start = time.monotonic()
+    got, fds, socks = run_in_a(veth, backend, main)
+    elapsed = time.monotonic() - start
+    assert got == [b"a", b"b", b"c"]
+    assert len(fds) >= 3, fds  # the shared receiver, the fanout receiver, a sender
+    assert workers.wait_closed(TIMEOUT)
+    assert sorted(fd for fd in fds if is_packet_socket(fd)) == [], "packet socket left open"
+    assert elapsed < stack_loop.LINGER, elapsed
+    # Sockets left open were closed with the stack, guards included.
+    assert all(s.extra(SocketAttribute.raw_socket).fileno() == -1 for s in socks)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_a_failed_stack_opening_fails_every_waiting_opener(veth: VethPair, backend: str) -> None:
+    """Sockets waiting for the same opening all get its error; nothing is left half-open, and a
+    later socket opens a stack of its own."""
+
+    async def main() -> Any:
+        errors: list[Any] = []
+
+        async def open_one() -> None:
+            try:
+                await create_raw_udp_socket(local_host=veth.ip4_a, interface="nosuch0")
+            except OSError as exc:
+                errors.append(exc.errno)
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(open_one)
+            async with await create_raw_udp_socket(local_host=veth.ip4_a) as sock:
+                works = sock.extra(SocketAttribute.local_port) > 0
+        return errors, works
+
+    assert run_in_a(veth, backend, main) == ([errno.ENODEV] * 3, True)

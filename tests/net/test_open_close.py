@@ -25,7 +25,7 @@ import rawtransport
 from rawtransport import stack_loop
 from rawtransport.stack import RawStack, StackOptions
 from tests.net.conformance import Peer, Recorder, a_ip, wait_stacks_closed
-from tests.netns import VethPair, setns
+from tests.netns import VethPair, is_packet_socket, setns
 
 TIMEOUT = 10.0
 
@@ -161,7 +161,7 @@ def test_many_endpoints_open_concurrently_and_close(
         finally:
             peer.close()
         await wait_stacks_closed()
-        assert [fd for fd in fds if _is_packet_socket(fd)] == [], "packet socket left open"
+        assert [fd for fd in fds if is_packet_socket(fd)] == [], "packet socket left open"
         return got
 
     assert in_a(veth, main) == [b"q%d" % i for i in range(20)]
@@ -274,15 +274,3 @@ def test_endpoints_open_and_close_without_stalling_the_loop(veth: VethPair, loop
         worst, median_open = run(asyncio.wait_for(main(), 120))
     assert median_open <= 0.001, f"median open {median_open * 1e6:.0f} µs"
     assert worst <= 0.002, f"longest loop stall {worst * 1e3:.2f} ms"
-
-
-def _is_packet_socket(fd: int) -> bool:
-    """Whether ``fd`` is (still, or again) an AF_PACKET socket."""
-    try:
-        s = socket.socket(fileno=fd)
-    except OSError:
-        return False
-    try:
-        return s.family == socket.AF_PACKET
-    finally:
-        s.detach()
