@@ -487,7 +487,7 @@ async def _register(
         try:
             # Registered first, as RawUdpEndpoint.open() does: until the rule is in, the kernel
             # also takes the datagrams and the guard's drop-all filter discards them.
-            await run_off_loop(endpoint._install_bypass)
+            await run_off_loop(endpoint.install_bypass)
         except BaseException:
             endpoint.close()
             raise

@@ -122,7 +122,7 @@ class RawUdpEndpoint:
         ``stack``: the stack to register on (the other knobs are then its options and are not
         used); ``None`` opens a private one with these knobs (see :func:`stack_options`,
         ``create_raw_datagram_endpoint`` documents them), closed with the endpoint.
-        ``kernel_bypass``: see :meth:`_install_bypass`.
+        ``kernel_bypass``: see :meth:`install_bypass`.
 
         A guard with ``SO_REUSEPORT`` makes a ``reuse_port`` endpoint, which receives through a
         ``PACKET_FANOUT`` receiver of its own (:meth:`RawStack.open_fanout`; ``fanout``: one
@@ -151,7 +151,7 @@ class RawUdpEndpoint:
             raise
         if kernel_bypass:
             try:
-                endpoint._install_bypass()
+                endpoint.install_bypass()
             except BaseException:
                 endpoint.close()
                 raise
@@ -199,7 +199,7 @@ class RawUdpEndpoint:
             raise
         return endpoint
 
-    def _install_bypass(self) -> None:
+    def install_bypass(self) -> None:
         """``kernel_bypass``: install an nftables netdev-ingress rule (:mod:`rawtransport.nft`) that
         drops the endpoint's datagrams after the packet socket has seen them and before the kernel's
         IP/UDP input runs; removed by :meth:`close`, and by the kernel if the process dies. Needs

@@ -236,26 +236,33 @@ async def create_raw_datagram_endpoint(
         fanout = None
         if reuse_port_of(guard):
             # Its own ring (setup waits in the kernel): off the loop thread too.
-            fanout = await _off_loop(
-                loop, functools.partial(stack.stack.open_fanout, filter_entry(guard)), _close
+            fanout = await _open_fanout(
+                loop, functools.partial(stack.stack.open_fanout, filter_entry(guard))
             )
     except BaseException:
         guard.close()
         raise
-    open_endpoint = functools.partial(
-        _open_endpoint,
+    # A table entry and a filter swap, on the loop thread (the stack is the loop's alone).
+    endpoint = _open_endpoint(
         guard,
         remote=remote,
         allow_broadcast=bool(allow_broadcast),
-        kernel_bypass=kernel_bypass,
         stack=stack.stack,
         fanout=fanout,
     )
     if kernel_bypass:
-        # Installing the nftables rule runs nft: off the loop thread too.
-        endpoint = await _off_loop(loop, open_endpoint, _close)
-    else:
-        endpoint = open_endpoint()  # a table entry and a filter swap: microseconds
+        # Installing the nftables rule runs nft: off the loop thread; the endpoint is closed
+        # (the rule with it) if that fails or the opener is cancelled meanwhile.
+        installing = asyncio.wrap_future(run_in_new_thread(endpoint.install_bypass), loop=loop)
+        try:
+            await asyncio.shield(installing)
+        except asyncio.CancelledError:
+            # Closed once nft is done, so that a rule it installs is removed with the endpoint.
+            installing.add_done_callback(lambda _f: endpoint.close())
+            raise
+        except BaseException:
+            endpoint.close()
+            raise
     protocol = protocol_factory()
     waiter: asyncio.Future[None] = loop.create_future()
     transport = RawDatagramTransport(
@@ -283,29 +290,20 @@ def _open_endpoint(guard: socket.socket, **options: Any) -> RawUdpEndpoint:
         raise
 
 
-_T = TypeVar("_T", RawUdpEndpoint, Receiver)
-
-
-async def _off_loop(
-    loop: asyncio.AbstractEventLoop, fn: Callable[[], _T], close: Callable[[_T], None]
-) -> _T:
-    """Run ``fn`` in a worker thread; if the awaiting task is cancelled, ``close`` what it opens."""
+async def _open_fanout(loop: asyncio.AbstractEventLoop, fn: Callable[[], Receiver]) -> Receiver:
+    """Open a fanout receiver in a worker thread; if the opener is cancelled, close it once made."""
     opening = asyncio.wrap_future(run_in_new_thread(fn), loop=loop)
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
-        opening.add_done_callback(functools.partial(_close_opened, close))
+        opening.add_done_callback(_close_opened)
         raise
 
 
-def _close(opened: RawUdpEndpoint | Receiver) -> None:
-    opened.close()
-
-
-def _close_opened(close: Callable[[_T], None], opening: asyncio.Future[_T]) -> None:
+def _close_opened(opening: asyncio.Future[Receiver]) -> None:
     """What was opened for a cancelled opener: close it."""
     if not opening.cancelled() and opening.exception() is None:
-        close(opening.result())
+        opening.result().close()
 
 
 def _raw_peer(sock: socket.socket) -> tuple[bytes, int]:
