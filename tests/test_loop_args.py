@@ -39,6 +39,10 @@ async def _both(kwargs: dict[str, Any]) -> tuple[tuple[str, str], tuple[str, str
         pytest.param({"remote_addr": ("127.0.0.1",)}, id="remote-1-tuple"),
         pytest.param({"remote_addr": "127.0.0.1:9"}, id="remote-str"),
         pytest.param({"local_addr": ("::1", 0), "family": socket.AF_INET}, id="family-mismatch"),
+        # A numeric host skips getaddrinfo (which wraps the port modulo 65536): bind() refuses it.
+        pytest.param({"local_addr": ("127.0.0.1", 70000)}, id="port-70000"),
+        pytest.param({"local_addr": ("127.0.0.1", -1)}, id="port-minus-1"),
+        pytest.param({"remote_addr": ("127.0.0.1", 70000)}, id="remote-port-70000"),
     ],
 )
 def test_misuse_raises_what_asyncio_raises(kwargs: dict[str, Any]) -> None:
