@@ -4,10 +4,9 @@ An endpoint is a registration in a :class:`~rawtransport.stack.RawStack` (which 
 sockets, rings, rtnetlink and the shared host state): its guard UDP socket, which holds the address
 and port, its entry in the stack's socket table, and its sans-IO
 :class:`~rawtransport.engine.UdpEngine`. Opening one on a running stack costs microseconds (a guard
-socket, a table entry, a filter swap); :meth:`RawUdpEndpoint.open` without a stack opens a private
-one, which blocks in the kernel for milliseconds (call it off the event-loop thread). It never waits
-for readiness: the glue calls :meth:`RawUdpEndpoint.read_ready` (private stack) or the stack's
-:meth:`~rawtransport.stack.RawStack.read_ready` (shared) when the packet socket is readable, and so on.
+socket, a table entry, a filter swap). It never waits for readiness: the glue reads through the
+stack (:meth:`~rawtransport.stack.RawStack.read_ready`, which feeds every endpoint) and sends
+through :meth:`RawUdpEndpoint.send` and :meth:`RawUdpEndpoint.write_frames`.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 from rawtransport.addresses import parse_address
 from rawtransport.bpf_filter import FilterEntry, drop_all
 from rawtransport.datapath import DATAPATH
-from rawtransport.engine import EndpointConfig, Event, OutgoingFrame, UdpEngine
+from rawtransport.engine import EndpointConfig, OutgoingFrame, UdpEngine
 from rawtransport.link import attach_filter
 from rawtransport.nft import BypassSpec, NftBypass
 from rawtransport.ring_setup import RX_MODES, Receiver, open_receiver
@@ -47,14 +46,12 @@ class RawUdpEndpoint:
         *,
         interface: int | None,
         home_ifindex: int | None = None,
-        owns_stack: bool = False,
     ) -> None:
         self.guard = guard
         self.engine = engine
         self.stack = stack
         #: ``interface=`` as an index (``None``: any interface).
         self.interface = interface
-        self._owns_stack = owns_stack
         self._addr_cache: dict[tuple[Any, ...], tuple[bytes, int]] = {}
         self.family = guard.family
         self.closed = False
@@ -75,23 +72,9 @@ class RawUdpEndpoint:
         return self.stack.tx_mode
 
     @property
-    def spin_us(self) -> int:
-        """Microseconds :meth:`spin` polls the receiver for a frame before giving up (0: never)."""
-        return self.stack.spin_us
-
-    @property
     def receiver(self) -> Receiver:
         """The stack's receiving packet socket."""
         return self.stack.receiver
-
-    def receiver_fds(self) -> list[int]:
-        """The descriptors to wait on for this endpoint's frames (a private stack's receiver, and
-        the endpoint's ``PACKET_FANOUT`` receiver with ``reuse_port``)."""
-        fds = [self.stack.receiver.fileno()]
-        fanout = self.stack.fanout.get(self.engine)
-        if fanout is not None:
-            fds.append(fanout.fileno())
-        return fds
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
@@ -99,74 +82,26 @@ class RawUdpEndpoint:
         cls,
         guard: socket.socket,
         *,
+        stack: RawStack,
         remote: tuple[bytes, int] | None = None,
         allow_broadcast: bool = False,
-        interface: str | None = None,
-        qdisc_bypass: bool = False,
-        rcvbuf: int | None = None,
-        rx_mode: str = "ring",
-        kernel_bypass: bool = False,
-        busy_poll: int | None = None,
-        spin_us: int | None = None,
-        tx_mode: str = "direct",
-        stack: RawStack | None = None,
         fanout: Receiver | None = None,
     ) -> RawUdpEndpoint:
-        """Build the endpoint around a bound (and maybe connected) guard UDP socket.
+        """Build the endpoint around a bound (and maybe connected) guard UDP socket and register it
+        on ``stack``.
 
         The guard is an ordinary UDP socket: it reserves the address and port (so the kernel picks
         ephemeral ports, reports EADDRINUSE, and sends no ICMP port-unreachable for our port) and, being
         connected when the endpoint is, receives the kernel's ICMP errors. A drop-all filter keeps
-        every datagram off it.
-
-        ``stack``: the stack to register on (the other knobs are then its options and are not
-        used); ``None`` opens a private one with these knobs (see :func:`stack_options`,
-        ``create_raw_datagram_endpoint`` documents them), closed with the endpoint.
-        ``kernel_bypass``: see :meth:`install_bypass`.
+        every datagram off it. ``kernel_bypass`` is installed afterwards, off the event loop
+        (:meth:`install_bypass`).
 
         A guard with ``SO_REUSEPORT`` makes a ``reuse_port`` endpoint, which receives through a
-        ``PACKET_FANOUT`` receiver of its own (:meth:`RawStack.open_fanout`; ``fanout``: one
-        opened already, off the event loop, which the stack then owns).
+        ``PACKET_FANOUT`` receiver of its own: ``fanout``, opened off the event loop with
+        :meth:`RawStack.open_fanout` (the stack owns it from here on; it is closed if this fails).
         """
-        owns = stack is None
-        if stack is None:
-            stack = RawStack.open(
-                stack_options(
-                    interface=interface,
-                    qdisc_bypass=qdisc_bypass,
-                    rcvbuf=rcvbuf,
-                    rx_mode=rx_mode,
-                    busy_poll=busy_poll,
-                    spin_us=spin_us,
-                    tx_mode=tx_mode,
-                )
-            )
-        try:
-            if fanout is None and reuse_port(guard):
-                fanout = stack.open_fanout(filter_entry(guard))
-            endpoint = cls._register(guard, stack, remote, allow_broadcast, owns, fanout)
-        except BaseException:
-            if owns:
-                stack.close()
-            raise
-        if kernel_bypass:
-            try:
-                endpoint.install_bypass()
-            except BaseException:
-                endpoint.close()
-                raise
-        return endpoint
-
-    @classmethod
-    def _register(
-        cls,
-        guard: socket.socket,
-        stack: RawStack,
-        remote: tuple[bytes, int] | None,
-        allow_broadcast: bool,
-        owns: bool,
-        fanout: Receiver | None,
-    ) -> RawUdpEndpoint:
+        if reuse_port(guard) and fanout is None:
+            raise ValueError("a reuse_port guard needs its fanout receiver (RawStack.open_fanout)")
         family = guard.family
         local = guard.getsockname()
         entry = filter_entry(guard)
@@ -189,7 +124,7 @@ class RawUdpEndpoint:
             owners = stack.addresses.owners(config.local_ip)
             home = owners[0] if owners and owners[0] != LOOPBACK_IFINDEX else None
         engine = UdpEngine(config, host=stack.host)
-        endpoint = cls(guard, engine, stack, interface=ifindex, home_ifindex=home, owns_stack=owns)
+        endpoint = cls(guard, engine, stack, interface=ifindex, home_ifindex=home)
         try:
             stack.register(endpoint, fanout)
         except BaseException:
@@ -230,53 +165,13 @@ class RawUdpEndpoint:
             self.lost = OSError(errno.ENETDOWN, f"Network is down: interface {ifindex} vanished")
 
     # ------------------------------------------------------------------------------- netlink
-    def netlink_fileno(self) -> int:
-        """The rtnetlink monitor's descriptor: call :meth:`netlink_ready` when it is readable."""
-        return self.stack.netlink_fileno()
-
-    def netlink_ready(self, now: float) -> None:
-        """Apply routing, address and link changes the kernel announced."""
-        self.stack.netlink_ready(now)
-
     def route(self, dst: bytes, now: float) -> Route:
         """The kernel's route to ``dst`` for this endpoint (cached until something changes)."""
         bound = self._bound
         source = bound if bound is not None and len(dst) == len(bound) else None
         return self.stack.route(dst, source, self.interface, now)
 
-    # ------------------------------------------------------------------------------ timers
-    def get_timer(self) -> float | None:
-        """A private stack's next timer (neighbour retransmits, fragment expiry), or ``None``."""
-        return self.stack.host.get_timer() if self._owns_stack else None
-
-    def handle_timer(self, now: float) -> None:
-        """Run a private stack's timers; the requests they make are written at once."""
-        if self._owns_stack:
-            self.stack.host.handle_timer(now)
-            self.stack.write_host_frames()
-            self.stack.host.take_touched()
-
     # ---------------------------------------------------------------------------------- receive
-    def read_ready(self, now: float, budget: int = 64) -> list[Event]:
-        """Read up to ``budget`` frames of a private stack; return this endpoint's events.
-
-        ``BlockingIOError`` ends the batch quietly; other ``OSError`` from the socket is raised for the
-        glue to report (``error_received``) after the events read so far are returned next call.
-        On a shared stack the glue reads through the stack (which feeds every endpoint) instead.
-        """
-        stack = self.stack
-        stack.read_ready(now, budget)
-        fanout = stack.fanout.get(self.engine)
-        if fanout is not None:
-            stack.read_ready(now, budget, fanout)
-        return self.engine.events()
-
-    def spin(self, now: float, budget: int) -> tuple[list[Event], int]:
-        """Busy-poll a private stack's receiver (:meth:`RawStack.spin`); return ``(events, frames
-        read)``, or ``([], 0)`` when ``spin_us`` passed with nothing (or ``spin_us`` is 0)."""
-        _touched, n = self.stack.spin(budget)
-        return (self.engine.events(), n) if n else ([], 0)
-
     def guard_ready(self) -> OSError | None:
         """The guard socket is readable: only an ICMP error queued on it (sk_err) can make it so."""
         try:
@@ -353,7 +248,7 @@ class RawUdpEndpoint:
         return stats
 
     def close(self) -> None:
-        """Leave the stack (closing it if it is private) and close the guard."""
+        """Leave the stack and close the guard."""
         if self.closed:
             return
         self.closed = True
@@ -362,8 +257,6 @@ class RawUdpEndpoint:
             # and the guard (still open) discards them, so none is answered with port-unreachable.
             self.bypass.close()
         self.stack.unregister(self)
-        if self._owns_stack:
-            self.stack.close()
         self.guard.close()
 
 

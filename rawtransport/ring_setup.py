@@ -219,12 +219,7 @@ class RingReceiver:
         Gives the previous frame (V2) or the finished block (V3) back to the kernel first, and
         releases the view returned last. The returned view is valid until the next call.
         """
-        last = self._last
-        if last is not None:
-            self._last = None
-            last.release()
-        if self._closed:
-            raise OSError(errno.EBADF, "the ring receiver is closed")
+        self._give_back_last()
         got = self._walker.next_frame()
         # The kernel can leave the walker's slot behind with frames ready after it (see
         # V2Walker.resync): callers come back while packet_poll() says readable, and resync() jumps
@@ -235,18 +230,8 @@ class RingReceiver:
             raise BlockingIOError(errno.EAGAIN, "no frame ready in the ring")
         offset, length, meta = got
         if meta.status & TP_STATUS_COPY:
-            # The slot holds a truncated copy; the whole frame waits in the socket's queue, in order.
             self._walker.release()
-            try:
-                view, _ = self._copies.recv()
-            except BlockingIOError:
-                return self._view[offset:offset], meta  # the copy was not made: truncated, dropped
-            # tpacket_rcv() fills only the slot's header, not the copy's address or aux data: the
-            # slot's facts describe the frame (pkttype matters: never lose OUTGOING/OTHERHOST).
-            whole = frame_meta(
-                meta.ifindex, meta.pkttype, meta.status & ~TP_STATUS_COPY, meta.hatype, False
-            )
-            return view, whole
+            return self._copied(meta)
         view = self._view[offset : offset + length]
         self._last = view
         return view, meta
@@ -265,12 +250,7 @@ class RingReceiver:
                     break
                 out.append((bytes(view), meta))
             return out
-        last = self._last
-        if last is not None:
-            self._last = None
-            last.release()
-        if self._closed:
-            raise OSError(errno.EBADF, "the ring receiver is closed")
+        self._give_back_last()
         frames = walker.next_batch(budget)
         if not frames and walker.resync(time.monotonic()):  # see recv()
             frames = walker.next_batch(budget)
@@ -279,16 +259,31 @@ class RingReceiver:
     def _whole(self, data: bytes | None, meta: FrameMeta) -> tuple[bytes | memoryview, FrameMeta]:
         if data is not None:
             return data, meta
-        # TP_STATUS_COPY: the slot held a truncated copy; the whole frame waits in the socket's
-        # queue, in order (see recv()).
+        view, whole = self._copied(meta)
+        return bytes(view), whole
+
+    def _give_back_last(self) -> None:
+        """Release the view returned last (its slot may then be given back); refuse when closed."""
+        last = self._last
+        if last is not None:
+            self._last = None
+            last.release()
+        if self._closed:
+            raise OSError(errno.EBADF, "the ring receiver is closed")
+
+    def _copied(self, meta: FrameMeta) -> tuple[memoryview, FrameMeta]:
+        """A TP_STATUS_COPY slot's frame: the slot held a truncated copy, the whole frame waits in
+        the socket's queue, in order. Its view is valid until the next read."""
         try:
             view, _ = self._copies.recv()
         except BlockingIOError:
-            return b"", meta  # the copy was not made: truncated, dropped
+            return self._view[0:0], meta  # the copy was not made: truncated, dropped
+        # tpacket_rcv() fills only the slot's header, not the copy's address or aux data: the
+        # slot's facts describe the frame (pkttype matters: never lose OUTGOING/OTHERHOST).
         whole = frame_meta(
             meta.ifindex, meta.pkttype, meta.status & ~TP_STATUS_COPY, meta.hatype, False
         )
-        return bytes(view), whole
+        return view, whole
 
     def statistics(self) -> tuple[int, int]:
         """Accumulated (packets, drops) from ``PACKET_STATISTICS``, which the kernel clears on read.

@@ -351,10 +351,6 @@ class RawStack:
             self._routes.put(key, route)
         return route
 
-    def link_by_name(self, name: str) -> LinkInfo:
-        """The interface called ``name`` (``OSError`` ENODEV if there is none)."""
-        return self._rtnl.link_by_name(name)
-
     # ------------------------------------------------------------------------------- receive
     def read_ready(
         self, now: float, budget: int = 64, receiver: Receiver | None = None
