@@ -25,7 +25,8 @@ setup(
     ext_modules=[
         Extension(
             "rawtransport._datapath",
-            sources=["rawtransport/_datapath.c"],
+            sources=["rawtransport/_datapath.c", "rawtransport/_deliver.c"],
+            depends=["rawtransport/_datapath.h"],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
             # Without a compiler the install still succeeds; the pure path runs and says so.

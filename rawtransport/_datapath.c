@@ -18,11 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ETH_HLEN 14
-#define IPV4_HLEN 20
-#define IPV6_HLEN 40
-#define UDP_HLEN 8
-#define IPPROTO_UDP_ 17
+#include "_datapath.h"
+
 
 /* The UdpDatagram NamedTuple class (packet_types.py), handed over by datapath.py at import. */
 static PyTypeObject *udp_datagram_type;
@@ -32,7 +29,7 @@ static PyTypeObject *udp_datagram_type;
  * zero-padded word, RFC 1071 4.1). The result is congruent modulo 0xFFFF to the integer that
  * packet_fast._raw() computes, which is all its callers rely on.
  */
-static uint32_t inet_sum(const uint8_t *p, size_t len)
+uint32_t rt_inet_sum(const uint8_t *p, size_t len)
 {
 	uint64_t sum = 0;
 	uint32_t a, b, c, d;
@@ -74,16 +71,6 @@ static uint32_t inet_sum(const uint8_t *p, size_t len)
 	return (uint32_t)sum;
 }
 
-/* x mod 0xFFFF == 0: the test packet_fast.py writes as ``... % 0xFFFF == 0``. */
-static int sum_is_zero(uint64_t x)
-{
-	return x % 0xFFFF == 0;
-}
-
-static inline unsigned be16(const uint8_t *p)
-{
-	return (unsigned)p[0] << 8 | p[1];
-}
 
 /* One UdpDatagram from its parts; steals nothing, returns a new reference or NULL. */
 static PyObject *make_datagram(const uint8_t *frame, int family, const uint8_t *src,
@@ -122,36 +109,44 @@ fail:
 
 /*
  * The fast path of packet_fast.parse_udp(): Ethernet II, no tag, IPv4 without options or IPv6
- * without extension headers, every check that path makes, in the same order. Returns the
- * datagram, or Py_None when the path declines (the caller then runs the general path, which
- * names the reason).
+ * without extension headers, every check that path makes, in the same order. Fills *out and
+ * returns 1, or returns 0 when the path declines (the caller then runs the general path, which
+ * names the reason). Shared with the receive fast path (_deliver.c).
  */
-static PyObject *parse_fast(const uint8_t *d, Py_ssize_t n, int verify)
+int rt_parse_fast(const uint8_t *d, Py_ssize_t n, int verify, struct rt_udp *out)
 {
 	if (n >= ETH_HLEN + IPV4_HLEN + UDP_HLEN && d[12] == 0x08 && d[13] == 0x00 &&
 	    d[14] == 0x45) {
 		/* ip_rcv_core(): version 4, IHL 5 (checked above), tot_len within the frame. */
-		unsigned tot = be16(d + 16), frag = be16(d + 20), ttl = d[22], proto = d[23];
-		unsigned sport = be16(d + 34), dport = be16(d + 36);
+		unsigned tot = be16(d + 16), frag = be16(d + 20), proto = d[23];
 		unsigned ulen = be16(d + 38), csum = be16(d + 40);
 		Py_ssize_t end;
 
 		if (proto != IPPROTO_UDP_ || (frag & 0x3FFF) || tot < 28 ||
 		    (Py_ssize_t)tot > n - ETH_HLEN || ulen < 8 || ulen > tot - 20)
-			Py_RETURN_NONE;
-		if (!sum_is_zero(inet_sum(d + 14, IPV4_HLEN)))
-			Py_RETURN_NONE;
+			return 0;
+		if (!sum_is_zero(rt_inet_sum(d + 14, IPV4_HLEN)))
+			return 0;
 		end = 34 + (Py_ssize_t)ulen; /* <= 14 + tot <= n */
 		/* __udp4_lib_rcv(): pseudo-header addresses at 26..34 run on into the segment. */
 		if (csum && verify &&
-		    !sum_is_zero((uint64_t)inet_sum(d + 26, (size_t)(end - 26)) + IPPROTO_UDP_ + ulen))
-			Py_RETURN_NONE;
-		return make_datagram(d, 4, d + 26, d + 30, 4, sport, dport, d + 42, end - 42, ttl);
+		    !sum_is_zero((uint64_t)rt_inet_sum(d + 26, (size_t)(end - 26)) + IPPROTO_UDP_ +
+				 ulen))
+			return 0;
+		out->family = 4;
+		out->alen = 4;
+		out->src = d + 26;
+		out->dst = d + 30;
+		out->sport = be16(d + 34);
+		out->dport = be16(d + 36);
+		out->payload = 42;
+		out->plen = end - 42;
+		out->ttl = d[22];
+		return 1;
 	}
 	if (n >= ETH_HLEN + IPV6_HLEN + UDP_HLEN && d[12] == 0x86 && d[13] == 0xDD &&
 	    (d[14] >> 4) == 6) {
-		unsigned plen = be16(d + 18), nh = d[20], hops = d[21];
-		unsigned sport = be16(d + 54), dport = be16(d + 56);
+		unsigned plen = be16(d + 18), nh = d[20];
 		unsigned ulen = be16(d + 58), csum = be16(d + 60);
 		Py_ssize_t end;
 
@@ -159,14 +154,34 @@ static PyObject *parse_fast(const uint8_t *d, Py_ssize_t n, int verify)
 		 * zero UDP checksum is refused (RFC 8200 8.1) by the general path. */
 		if (nh != IPPROTO_UDP_ || ulen < 8 || ulen > plen ||
 		    (Py_ssize_t)plen > n - (ETH_HLEN + IPV6_HLEN) || csum == 0)
-			Py_RETURN_NONE;
+			return 0;
 		end = 54 + (Py_ssize_t)ulen; /* <= 54 + plen <= n */
 		if (verify &&
-		    !sum_is_zero((uint64_t)inet_sum(d + 22, (size_t)(end - 22)) + IPPROTO_UDP_ + ulen))
-			Py_RETURN_NONE;
-		return make_datagram(d, 6, d + 22, d + 38, 16, sport, dport, d + 62, end - 62, hops);
+		    !sum_is_zero((uint64_t)rt_inet_sum(d + 22, (size_t)(end - 22)) + IPPROTO_UDP_ +
+				 ulen))
+			return 0;
+		out->family = 6;
+		out->alen = 16;
+		out->src = d + 22;
+		out->dst = d + 38;
+		out->sport = be16(d + 54);
+		out->dport = be16(d + 56);
+		out->payload = 62;
+		out->plen = end - 62;
+		out->ttl = d[21];
+		return 1;
 	}
-	Py_RETURN_NONE;
+	return 0;
+}
+
+static PyObject *parse_fast(const uint8_t *d, Py_ssize_t n, int verify)
+{
+	struct rt_udp u;
+
+	if (!rt_parse_fast(d, n, verify, &u))
+		Py_RETURN_NONE;
+	return make_datagram(d, u.family, u.src, u.dst, u.alen, u.sport, u.dport, d + u.payload,
+			     u.plen, u.ttl);
 }
 
 PyDoc_STRVAR(parse_udp_fast_doc,
@@ -210,7 +225,7 @@ static PyObject *py_inet_sum(PyObject *self, PyObject *arg)
 	(void)self;
 	if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
 		return NULL;
-	sum = inet_sum(view.buf, (size_t)view.len);
+	sum = rt_inet_sum(view.buf, (size_t)view.len);
 	PyBuffer_Release(&view);
 	return PyLong_FromUnsignedLong(sum);
 }
@@ -257,7 +272,7 @@ static void put_udp(uint8_t *f, Py_ssize_t u, Py_ssize_t alen, unsigned sport, u
 	put16(f + u + 4, ulen);
 	put16(f + u + 6, 0);
 	memcpy(f + u + UDP_HLEN, payload, (size_t)plen);
-	s = inet_sum(f + u - 2 * alen, (size_t)(2 * alen) + ulen) + IPPROTO_UDP_ + ulen;
+	s = rt_inet_sum(f + u - 2 * alen, (size_t)(2 * alen) + ulen) + IPPROTO_UDP_ + ulen;
 	while (s >> 16)
 		s = (s & 0xFFFF) + (s >> 16);
 	put16(f + u + 6, (~s & 0xFFFF) ? (~s & 0xFFFF) : 0xFFFF);
@@ -336,7 +351,7 @@ static PyObject *py_build_udp_fast(PyObject *self, PyObject *const *args, Py_ssi
 		put16(f + 24, 0);
 		memcpy(f + 26, b[2].buf, 4);
 		memcpy(f + 30, b[3].buf, 4);
-		put16(f + 24, ~inet_sum(f + 14, IPV4_HLEN) & 0xFFFF);
+		put16(f + 24, ~rt_inet_sum(f + 14, IPV4_HLEN) & 0xFFFF);
 		put_udp(f, 34, 4, sport, dport, b[4].buf, plen);
 	} else if (b[2].len == 16) {
 		Py_ssize_t plen = b[4].len, ulen = plen + UDP_HLEN;
@@ -374,41 +389,7 @@ done:
  * Each slot starts with a struct tpacket2_hdr, then the struct sockaddr_ll at
  * TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) = 32; the frame is at tp_mac from the slot start.
  */
-#define TP_STATUS_KERNEL 0x0
-#define TP_STATUS_USER 0x1
-#define TP_STATUS_COPY 0x2
-#define V2_LEN 4
-#define V2_SNAPLEN 8
-#define V2_MAC 12
-#define V2_IFINDEX (32 + 4)
-#define V2_HATYPE (32 + 8)
-#define V2_PKTTYPE (32 + 10)
-#define TPACKET2_HDRLEN (32 + 20)
 
-static uint32_t load_u32(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return v;
-}
-
-static uint16_t load_u16(const uint8_t *p)
-{
-	uint16_t v;
-
-	memcpy(&v, p, 2);
-	return v;
-}
-
-/* Give a slot back: everything read from it happens before the kernel may refill it. */
-static void release_slot(uint8_t *slot)
-{
-	uint32_t kernel = TP_STATUS_KERNEL;
-
-	__atomic_thread_fence(__ATOMIC_RELEASE);
-	memcpy(slot, &kernel, 4);
-}
 
 PyDoc_STRVAR(v2_read_doc,
 	     "v2_read(ring, index, budget, frame_count, frames_per_block, block_size, frame_size, /)\n\n"
@@ -418,100 +399,144 @@ PyDoc_STRVAR(v2_read_doc,
 	     "data the frame's bytes, or None for a TP_STATUS_COPY slot (the whole frame waits in\n"
 	     "the socket's queue); laps counts wraps; corrupt lists the reasons of skipped slots.");
 
+/*
+ * Take the (ring, index, budget, frame_count, frames_per_block, block_size, frame_size)
+ * arguments of v2_read() and v2_deliver(). The geometry is ours (ring.RingGeometry checked it),
+ * but the slot arithmetic must stay inside the buffer whatever it says: it is checked here once.
+ * Returns 0, or -1 with the error set and nothing held.
+ */
+int rt_v2_open(struct v2_walk *w, PyObject *const *args, const char *who)
+{
+	if (PyObject_GetBuffer(args[0], &w->ring, PyBUF_WRITABLE) < 0)
+		return -1;
+	w->index = PyLong_AsSsize_t(args[1]);
+	w->budget = PyLong_AsSsize_t(args[2]);
+	w->count = PyLong_AsSsize_t(args[3]);
+	w->per_block = PyLong_AsSsize_t(args[4]);
+	w->block_size = PyLong_AsSsize_t(args[5]);
+	w->frame_size = PyLong_AsSsize_t(args[6]);
+	w->laps = 0;
+	w->seen = 0;
+	if (!PyErr_Occurred() &&
+	    !v2_geometry_ok(w->ring.len, w->index, w->budget, w->count, w->per_block,
+			    w->block_size, w->frame_size))
+		PyErr_Format(PyExc_ValueError, "%s(): geometry outside the ring", who);
+	if (PyErr_Occurred()) {
+		PyBuffer_Release(&w->ring);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The next slot the kernel handed over, the walk moved past it; NULL when the next slot is still
+ * the kernel's or a whole lap was seen (each skipped slot is given back, so at most one lap is
+ * examined, as ring.V2Walker.next_frame() does). A slot whose tp_mac/tp_snaplen point outside it
+ * is given back and *bad names why (the caller counts it and asks again); otherwise *bad is NULL
+ * and the frame is tp_snaplen bytes at tp_mac, inside the slot.
+ */
+uint8_t *rt_v2_next(struct v2_walk *w, const char **bad)
+{
+	uint8_t *slot;
+	uint32_t snaplen;
+	uint16_t mac;
+
+	*bad = NULL;
+	if (w->seen >= w->count)
+		return NULL;
+	slot = v2_slot(w->ring.buf, w->index, w->per_block, w->block_size, w->frame_size);
+	if (!(load_u32(slot) & TP_STATUS_USER))
+		return NULL;
+	/* tpacket_rcv() sets tp_status last (smp_wmb()): read the rest after it. */
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	w->seen++;
+	if (++w->index == w->count) {
+		w->index = 0;
+		w->laps++;
+	}
+	snaplen = load_u32(slot + V2_SNAPLEN);
+	mac = load_u16(slot + V2_MAC);
+	if (mac < TPACKET2_HDRLEN || (Py_ssize_t)snaplen > w->frame_size - mac) {
+		*bad = mac < TPACKET2_HDRLEN ? "ring_mac_offset" : "ring_frame_bounds";
+		release_slot(slot);
+	}
+	return slot;
+}
+
+/*
+ * A checked slot's frame as v2_read() returns it: (data, ifindex, pkttype, status, hatype,
+ * truncated), data None for a TP_STATUS_COPY slot (the whole frame waits in the socket's queue).
+ * The slot is given back either way.
+ */
+PyObject *rt_v2_item(uint8_t *slot)
+{
+	uint32_t status = load_u32(slot), len = load_u32(slot + V2_LEN);
+	uint32_t snaplen = load_u32(slot + V2_SNAPLEN);
+	PyObject *data, *item = NULL;
+
+	if (status & TP_STATUS_COPY)
+		data = Py_NewRef(Py_None);
+	else
+		data = PyBytes_FromStringAndSize((const char *)slot + load_u16(slot + V2_MAC), snaplen);
+	if (data != NULL)
+		item = Py_BuildValue("(NiIIHO)", data, (int)load_u32(slot + V2_IFINDEX),
+				     (unsigned int)slot[V2_PKTTYPE], (unsigned int)status,
+				     load_u16(slot + V2_HATYPE),
+				     (snaplen < len || (status & TP_STATUS_COPY)) ? Py_True : Py_False);
+	release_slot(slot);
+	return item;
+}
+
+/* Count a skipped slot's reason in the list; -1 with the error set when that fails. */
+int rt_v2_count(PyObject *corrupt, const char *bad)
+{
+	PyObject *reason = PyUnicode_FromString(bad);
+	int rc = reason == NULL ? -1 : PyList_Append(corrupt, reason);
+
+	Py_XDECREF(reason);
+	return rc;
+}
+
 static PyObject *py_v2_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-	Py_buffer ring;
-	Py_ssize_t index, budget, count, per_block, block_size, frame_size, laps = 0;
-	PyObject *frames = NULL, *corrupt = NULL, *result = NULL;
+	struct v2_walk w;
+	PyObject *frames, *corrupt, *result = NULL;
 
 	(void)self;
 	if (nargs != 7) {
 		PyErr_SetString(PyExc_TypeError, "v2_read() takes 7 arguments");
 		return NULL;
 	}
-	if (PyObject_GetBuffer(args[0], &ring, PyBUF_WRITABLE) < 0)
+	if (rt_v2_open(&w, args, "v2_read") < 0)
 		return NULL;
-	index = PyLong_AsSsize_t(args[1]);
-	budget = PyLong_AsSsize_t(args[2]);
-	count = PyLong_AsSsize_t(args[3]);
-	per_block = PyLong_AsSsize_t(args[4]);
-	block_size = PyLong_AsSsize_t(args[5]);
-	frame_size = PyLong_AsSsize_t(args[6]);
-	if (PyErr_Occurred())
-		goto out;
-	/*
-	 * The geometry is ours (ring.RingGeometry checked it), but the slot arithmetic below must
-	 * stay inside the buffer whatever it says: check it once here.
-	 */
-	if (count < 1 || per_block < 1 || frame_size < TPACKET2_HDRLEN || block_size < 1 ||
-	    frame_size > ring.len || block_size > ring.len || count > ring.len ||
-	    per_block > block_size / frame_size || index < 0 || index >= count || budget < 0 ||
-	    /* The last slot ends inside the buffer (all operands <= ring.len: no overflow). */
-	    ((count - 1) / per_block) * block_size + ((count - 1) % per_block) * frame_size >
-		    ring.len - frame_size) {
-		PyErr_SetString(PyExc_ValueError, "v2_read(): geometry outside the ring");
-		goto out;
-	}
 	frames = PyList_New(0);
 	corrupt = PyList_New(0);
 	if (frames == NULL || corrupt == NULL)
 		goto out;
-	/* Each skipped slot is given back, so at most one lap is examined (as next_frame()). */
-	for (Py_ssize_t seen = 0; seen < count && PyList_GET_SIZE(frames) < budget; seen++) {
-		uint8_t *slot = (uint8_t *)ring.buf + (index / per_block) * block_size +
-				(index % per_block) * frame_size;
-		uint32_t status = load_u32(slot), len, snaplen;
-		uint16_t mac;
-		PyObject *data, *item;
+	while (PyList_GET_SIZE(frames) < w.budget) {
+		const char *bad;
+		uint8_t *slot = rt_v2_next(&w, &bad);
+		PyObject *item;
 
-		if (!(status & TP_STATUS_USER))
+		if (slot == NULL)
 			break;
-		/* tpacket_rcv() sets tp_status last (smp_wmb()): read the rest after it. */
-		__atomic_thread_fence(__ATOMIC_ACQUIRE);
-		if (++index == count) {
-			index = 0;
-			laps++;
-		}
-		len = load_u32(slot + V2_LEN);
-		snaplen = load_u32(slot + V2_SNAPLEN);
-		mac = load_u16(slot + V2_MAC);
-		if (mac < TPACKET2_HDRLEN || (Py_ssize_t)snaplen > frame_size - mac) {
-			PyObject *reason = PyUnicode_FromString(mac < TPACKET2_HDRLEN ? "ring_mac_offset"
-											: "ring_frame_bounds");
-			release_slot(slot);
-			if (reason == NULL || PyList_Append(corrupt, reason) < 0) {
-				Py_XDECREF(reason);
-				goto fail;
-			}
-			Py_DECREF(reason);
+		if (bad != NULL) {
+			if (rt_v2_count(corrupt, bad) < 0)
+				goto out;
 			continue;
 		}
-		if (status & TP_STATUS_COPY) {
-			data = Py_NewRef(Py_None);
-		} else {
-			data = PyBytes_FromStringAndSize((const char *)slot + mac, snaplen);
-			if (data == NULL)
-				goto fail;
-		}
-		item = Py_BuildValue("(NiIIHO)", data, (int)load_u32(slot + V2_IFINDEX),
-				     (unsigned int)slot[V2_PKTTYPE], (unsigned int)status,
-				     load_u16(slot + V2_HATYPE),
-				     (snaplen < len || (status & TP_STATUS_COPY)) ? Py_True : Py_False);
-		release_slot(slot);
+		item = rt_v2_item(slot);
 		if (item == NULL || PyList_Append(frames, item) < 0) {
 			Py_XDECREF(item);
-			goto fail;
+			goto out;
 		}
 		Py_DECREF(item);
 	}
-	result = Py_BuildValue("(OnnO)", frames, index, laps, corrupt);
-	goto out;
-fail:
-	result = NULL;
+	result = Py_BuildValue("(OnnO)", frames, w.index, w.laps, corrupt);
 out:
 	Py_XDECREF(frames);
 	Py_XDECREF(corrupt);
-	PyBuffer_Release(&ring);
+	PyBuffer_Release(&w.ring);
 	return result;
 }
 
@@ -591,6 +616,7 @@ static PyMethodDef datapath_methods[] = {
 	 parse_udp_fast_doc},
 	{"peek_udp", py_peek_udp, METH_O, peek_udp_doc},
 	{"v2_read", (PyCFunction)(void (*)(void))py_v2_read, METH_FASTCALL, v2_read_doc},
+	{"v2_deliver", (PyCFunction)(void (*)(void))rt_v2_deliver, METH_FASTCALL, rt_v2_deliver_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -604,8 +630,13 @@ static struct PyModuleDef datapath_module = {
 
 PyMODINIT_FUNC PyInit__datapath(void)
 {
+	PyObject *module;
+
 	fragment_str = PyUnicode_InternFromString("fragment");
 	if (fragment_str == NULL)
 		return NULL;
-	return PyModule_Create(&datapath_module);
+	module = PyModule_Create(&datapath_module);
+	if (module != NULL && rt_deliver_init(module) < 0)
+		Py_CLEAR(module);
+	return module;
 }

@@ -25,7 +25,7 @@ import errno
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rawtransport.datapath import ACCEL
 from rawtransport.engine_types import (
@@ -200,15 +200,29 @@ class Host:
         # Endpoints that got events or frames from shared work (a neighbour reply released their
         # datagrams, a resolution failed, a datagram was delivered): the stack flushes them.
         self._touched: dict[UdpEngine, None] = {}
+        #: The compiled receive path's view of this host (``_datapath.FastHost``), or ``None`` on
+        #: the pure path. Its table holds a port while exactly one endpoint is bound to it and
+        #: that endpoint has a fast entry (:meth:`set_fast`); ``RawStack.read_ready`` walks the
+        #: ring with it.
+        self.fast: Any = ACCEL.FastHost() if ACCEL is not None else None
+        self._fast_entries: dict[UdpEngine, Any] = {}
+        self._sync_local()
 
     # ------------------------------------------------------------------------------ state in
     def set_local_addresses(self, local_addresses: LocalAddresses) -> None:
         """Replace the snapshot of the host's addresses (after a netlink change)."""
         self.local = local_addresses
+        self._sync_local()
+
+    def _sync_local(self) -> None:
+        if self.fast is not None:
+            self.fast.set_local(*self.local.local_view())
 
     def set_link_mtus(self, mtus: dict[int, int]) -> None:
         """Each interface's MTU, to recognise unsplit GSO super-frames on receive."""
         self.rx_limit = {i: mtu + 18 for i, mtu in mtus.items()}
+        if self.fast is not None:
+            self.fast.rx_limit = dict(self.rx_limit)
 
     def forget_interface(self, ifindex: int) -> None:
         """The interface went away: give up resolutions through it."""
@@ -219,6 +233,7 @@ class Host:
     def register(self, engine: UdpEngine) -> None:
         """Add an endpoint to the socket table (its port, address and peer are in its config)."""
         self._table.setdefault(engine.config.local_port, []).append(engine)
+        self._sync_fast(engine.config.local_port)
 
     def unregister(self, engine: UdpEngine) -> None:
         """Remove an endpoint; frames for it are counted as ``no_socket`` from now on."""
@@ -229,6 +244,30 @@ class Host:
             if not engines:
                 del self._table[port]
         self._touched.pop(engine, None)
+        self._fast_entries.pop(engine, None)
+        self._sync_fast(port)
+
+    def set_fast(self, engine: UdpEngine, entry: Any) -> None:
+        """Give ``engine`` a ``_datapath.FastEntry`` (``None``: take it away). The compiled path
+        delivers to it directly while it alone is bound to its port and not ``reuse_port``;
+        otherwise every frame goes through :meth:`receive_frame` as before."""
+        if entry is None:
+            self._fast_entries.pop(engine, None)
+        else:
+            self._fast_entries[engine] = entry
+        self._sync_fast(engine.config.local_port)
+
+    def _sync_fast(self, port: int) -> None:
+        if self.fast is None:
+            return
+        engines = self._table.get(port)
+        entry = None
+        if engines is not None and len(engines) == 1 and not engines[0].config.reuse_port:
+            entry = self._fast_entries.get(engines[0])
+        if entry is None:
+            self.fast.entries.pop(port, None)
+        else:
+            self.fast.entries[port] = entry
 
     @property
     def endpoints(self) -> int:
@@ -476,7 +515,7 @@ class Host:
             for reason, n in (reasm.dropped if reasm is not None else {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
         return {
-            "received": c.received,
+            "received": c.received + (self.fast.taken if self.fast is not None else 0),
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
             **c.events,

@@ -35,10 +35,11 @@ import os
 import socket
 import struct
 import time
-from typing import Final
+from typing import Any, Final
 
 from rawtransport.bpf import Program
 from rawtransport.bpf_filter import drop_all
+from rawtransport.datapath import ACCEL
 from rawtransport.engine_types import FrameMeta
 from rawtransport.link import (
     ETH_P_ALL,
@@ -255,6 +256,26 @@ class RingReceiver:
         if not frames and walker.resync(time.monotonic()):  # see recv()
             frames = walker.next_batch(budget)
         return [self._whole(data, meta) for data, meta in frames]
+
+    @property
+    def can_deliver(self) -> bool:
+        """Whether :meth:`recv_fast` works here: a TPACKET_V2 ring and the compiled datapath."""
+        return ACCEL is not None and isinstance(self._walker, V2Walker)
+
+    def recv_fast(
+        self, budget: int, fast: Any
+    ) -> tuple[int, tuple[bytes | memoryview, FrameMeta] | None]:
+        """:meth:`recv_batch` through the compiled receive path (``V2Walker.deliver_batch``):
+        frames the host's ``fast`` view can take are delivered to their protocols here; the
+        walk stops at the first it cannot, returned (whole) for the Python path. ``(taken,
+        frame or None)``; only where :attr:`can_deliver`."""
+        walker = self._walker
+        assert isinstance(walker, V2Walker)
+        self._give_back_last()
+        taken, slow = walker.deliver_batch(budget, fast)
+        if not taken and slow is None and walker.resync(time.monotonic()):  # see recv()
+            taken, slow = walker.deliver_batch(budget, fast)
+        return taken, None if slow is None else self._whole(slow[0], slow[1])
 
     def _whole(self, data: bytes | None, meta: FrameMeta) -> tuple[bytes | memoryview, FrameMeta]:
         if data is not None:

@@ -261,6 +261,11 @@ class LocalAddresses:
                     return True
         return False
 
+    def local_view(self) -> tuple[list[bytes], list[tuple[int, int]]]:
+        """What :meth:`is_local` consults: the addresses, and the IPv4 local nets as ``(network,
+        netmask)`` ints (for the compiled receive path, :mod:`rawtransport.host`)."""
+        return sorted(self._local), list(self._local_nets)
+
     def is_broadcast(self, address: bytes) -> bool:
         """True for 255.255.255.255 and the subnet-directed broadcast of any local IPv4 prefix."""
         return len(address) == 4 and address in self._broadcast

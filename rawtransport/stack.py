@@ -353,21 +353,41 @@ class RawStack:
 
     # ------------------------------------------------------------------------------- receive
     def read_ready(
-        self, now: float, budget: int = 64, receiver: Receiver | None = None
+        self,
+        now: float,
+        budget: int = 64,
+        receiver: Receiver | None = None,
+        flush: Callable[[list[UdpEngine]], None] | None = None,
     ) -> list[UdpEngine]:
         """Read up to ``budget`` frames of the shared receiver (or of a ``fanout`` one) into the
         host; return the engines with something new.
+
+        With the compiled datapath, a V2 ring and ``flush`` (what the caller does with the
+        engines returned), frames the host's fast view takes are delivered to their protocols
+        during the walk; each frame left to the Python path is followed by ``flush`` of what it
+        touched, so every endpoint sees its datagrams in ring order.
 
         ``BlockingIOError`` ends the batch quietly; another ``OSError`` from the socket is raised.
         """
         fanout = receiver is not None
         source = receiver or self.receiver
-        receive_frame = self.host.receive_frame
+        host = self.host
+        receive_frame = host.receive_frame
         if isinstance(source, RingReceiver):
+            if flush is not None and not fanout and source.can_deliver and host.fast.entries:
+                while budget > 0:
+                    taken, slow = source.recv_fast(budget, host.fast)
+                    budget -= taken
+                    if slow is None:
+                        break
+                    budget -= 1
+                    receive_frame(slow[0], slow[1], now, False)
+                    flush(host.take_touched())
+                return host.take_touched()
             # One call for the batch (one into C for a V2 ring), frames copied out of the ring.
             for frame, meta in source.recv_batch(budget):
                 receive_frame(frame, meta, now, fanout)
-            return self.host.take_touched()
+            return host.take_touched()
         recv = source.recv
         for _ in range(budget):
             try:
@@ -375,7 +395,7 @@ class RawStack:
             except (BlockingIOError, InterruptedError):
                 break
             receive_frame(view, meta, now, fanout)
-        return self.host.take_touched()
+        return host.take_touched()
 
     def spin(self, budget: int) -> tuple[list[UdpEngine], int]:
         """Busy-poll the receiver for up to ``spin_us`` µs; read up to ``budget`` frames once one

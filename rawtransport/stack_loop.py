@@ -179,7 +179,7 @@ class LoopStack:
     def _read_ready(self, fanout: Receiver | None = None) -> None:
         stack = self.stack
         try:
-            touched = stack.read_ready(self.loop.time(), READ_BUDGET, fanout)
+            touched = stack.read_ready(self.loop.time(), READ_BUDGET, fanout, self._deliver)
         except OSError as exc:
             # A read error of the shared socket (ENETDOWN when a bound interface vanished ...):
             # every endpoint's socket would have reported it.

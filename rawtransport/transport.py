@@ -133,6 +133,7 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Replace the protocol (it must be a ``DatagramProtocol``)."""
         self._protocol = protocol  # type: ignore[assignment]
+        self._update_fast()
 
     def close(self) -> None:
         """Stop reading; ``connection_lost(None)`` follows once the write buffer has drained."""
@@ -350,11 +351,23 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         self._loop.add_reader(self._ep.guard.fileno(), self._guard_ready)
         # Datagrams that arrived between the registration and now wait in the engine.
         self.stack_ready()
+        self._update_fast()
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
             self._loop.remove_reader(self._ep.guard.fileno())
+        self._update_fast()
+
+    def _update_fast(self) -> None:
+        """Let the compiled receive path call the protocol directly exactly while this transport
+        would dispatch each datagram at once (reading, not paused, nothing held, not closing);
+        otherwise datagrams queue in the engine and take the path above."""
+        on = self._reading and not (self._paused or self._held or self._closing or self._conn_lost)
+        self._ep.engine.set_fast_protocol(self._protocol if on else None, self._report_received)
+
+    def _report_received(self, exc: BaseException) -> None:
+        self._report(exc, "Exception in datagram_received/error_received")
 
     # ------------------------------------------------------------------ ReadTransport API
     def is_reading(self) -> bool:
@@ -365,6 +378,7 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         """Stop calling ``datagram_received()``; datagrams wait (see the class docstring)."""
         if self.is_reading():
             self._paused = True
+            self._update_fast()
 
     def resume_reading(self) -> None:
         """Deliver what waited, then go on delivering."""
@@ -373,6 +387,8 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         self._paused = False
         if self._held:
             self._loop.call_soon(self._deliver_held)
+        else:
+            self._update_fast()
 
     def _deliver_held(self) -> None:
         if self._paused or self._closing:
@@ -382,6 +398,7 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         self._held_bytes = 0
         self._dispatch(events)
         self._flush_engine()
+        self._update_fast()
 
     def _hold(self, events: list[Event]) -> None:
         for event in events:
@@ -409,7 +426,8 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
             )
             self._flush_engine()
             return
-        if self._paused:
+        if self._paused or self._held:
+            # Held datagrams go first (resume_reading() delivers them on the next iteration).
             self._hold(self._ep.engine.events())
         else:
             self._dispatch(self._ep.engine.events())
