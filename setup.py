@@ -25,7 +25,7 @@ setup(
     ext_modules=[
         Extension(
             "rawtransport._datapath",
-            sources=["rawtransport/_datapath.c", "rawtransport/_deliver.c"],
+            sources=["rawtransport/_datapath.c", "rawtransport/_deliver.c", "rawtransport/_send.c"],
             depends=["rawtransport/_datapath.h"],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,

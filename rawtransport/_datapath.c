@@ -262,7 +262,7 @@ static int get_u16(PyObject *o, const char *what, unsigned *out)
  * addresses (the alen * 2 bytes before the UDP header, as both IP headers lay them out),
  * protocol and length, then the segment. RFC 768: a computed 0 goes out as all ones.
  */
-static void put_udp(uint8_t *f, Py_ssize_t u, Py_ssize_t alen, unsigned sport, unsigned dport,
+void rt_put_udp(uint8_t *f, Py_ssize_t u, Py_ssize_t alen, unsigned sport, unsigned dport,
 		    const void *payload, Py_ssize_t plen)
 {
 	uint32_t s, ulen = (uint32_t)(plen + UDP_HLEN);
@@ -352,7 +352,7 @@ static PyObject *py_build_udp_fast(PyObject *self, PyObject *const *args, Py_ssi
 		memcpy(f + 26, b[2].buf, 4);
 		memcpy(f + 30, b[3].buf, 4);
 		put16(f + 24, ~rt_inet_sum(f + 14, IPV4_HLEN) & 0xFFFF);
-		put_udp(f, 34, 4, sport, dport, b[4].buf, plen);
+		rt_put_udp(f, 34, 4, sport, dport, b[4].buf, plen);
 	} else if (b[2].len == 16) {
 		Py_ssize_t plen = b[4].len, ulen = plen + UDP_HLEN;
 		uint8_t *f;
@@ -374,7 +374,7 @@ static PyObject *py_build_udp_fast(PyObject *self, PyObject *const *args, Py_ssi
 		f[21] = (uint8_t)ttl;
 		memcpy(f + 22, b[2].buf, 16);
 		memcpy(f + 38, b[3].buf, 16);
-		put_udp(f, 54, 16, sport, dport, b[4].buf, plen);
+		rt_put_udp(f, 54, 16, sport, dport, b[4].buf, plen);
 	} else {
 		PyErr_Format(PyExc_ValueError, "IP addresses must be 4 or 16 bytes, got %zd", b[2].len);
 	}
@@ -636,7 +636,7 @@ PyMODINIT_FUNC PyInit__datapath(void)
 	if (fragment_str == NULL)
 		return NULL;
 	module = PyModule_Create(&datapath_module);
-	if (module != NULL && rt_deliver_init(module) < 0)
+	if (module != NULL && (rt_deliver_init(module) < 0 || rt_send_init(module) < 0))
 		Py_CLEAR(module);
 	return module;
 }

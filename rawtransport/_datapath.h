@@ -60,6 +60,8 @@ PyObject *rt_v2_item(uint8_t *slot);
 int rt_v2_count(PyObject *corrupt, const char *bad);
 
 uint32_t rt_inet_sum(const uint8_t *p, size_t len);
+void rt_put_udp(uint8_t *f, Py_ssize_t u, Py_ssize_t alen, unsigned sport, unsigned dport,
+		const void *payload, Py_ssize_t plen);
 int rt_parse_fast(const uint8_t *d, Py_ssize_t n, int verify, struct rt_udp *out);
 
 /* _deliver.c */
@@ -68,6 +70,9 @@ extern PyTypeObject rt_fast_host_type;
 PyObject *rt_v2_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 extern const char rt_v2_deliver_doc[];
 int rt_deliver_init(PyObject *module);
+
+/* _send.c */
+int rt_send_init(PyObject *module);
 
 /* x mod 0xFFFF == 0: the test packet_fast.py writes as ``... % 0xFFFF == 0``. */
 static inline int sum_is_zero(uint64_t x)

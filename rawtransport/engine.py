@@ -134,6 +134,10 @@ class UdpEngine:
         self._pending = 0
         # The compiled receive path's entry for this endpoint (set_fast_protocol()).
         self._fast: Any = None
+        # The compiled send path's templates (fast_sender), and the frame and route of the last
+        # datagram the send fast branch built (take_built()).
+        self._sender: Any = None
+        self._built: tuple[bytes, Route] | None = None
         if not self._owns_host:
             host.register(self)
 
@@ -377,6 +381,22 @@ class UdpEngine:
             host.set_fast(self, self._fast)
         self._fast.protocol = protocol
 
+    @property
+    def fast_sender(self) -> Any:
+        """This endpoint's ``_datapath.FastSender`` (its send templates, kept in step by the
+        host), or ``None`` on the pure path and for an engine that owns its host."""
+        if self._sender is None and ACCEL is not None and not self._owns_host:
+            self._sender = ACCEL.FastSender()
+            self._host.add_sender(self._sender)
+        return self._sender
+
+    def take_built(self) -> tuple[bytes, Route] | None:
+        """The frame and route of the datagram the last :meth:`send_datagram` built on its fast
+        branch (a REACHABLE unicast next hop, one frame), or ``None``; forgotten once taken. The
+        transport makes it the template of that destination once the frame has left."""
+        built, self._built = self._built, None
+        return built
+
     # --------------------------------------------------------------------------------------- send
     def send_datagram(
         self,
@@ -390,6 +410,7 @@ class UdpEngine:
         Raises the ``OSError`` the kernel's ``udp_sendmsg()`` would have raised; otherwise the frames
         are queued (now, or once the next hop is resolved).
         """
+        self._built = None
         dst, dport = addr
         size = len(data)
         v4 = len(dst) == 4
@@ -404,6 +425,7 @@ class UdpEngine:
                                        self.config.local_port, dport, data, self.config.ttl)  # fmt: skip
                 self._out.append(OutgoingFrame(frame, route.ifindex, size))
                 self._counters.sent += 1
+                self._built = (frame, route)
                 return
         self._send_slow(data, dst, dport, size, route, now)
 
@@ -442,6 +464,7 @@ class UdpEngine:
             if host.neigh.pending > held:
                 self._pending += 1
             if host.neigh.has_requests:  # a new resolution, or a stale entry's re-probe
+                host.invalidate_tx()
                 host.queue_requests(self._out, self._counters, route)
             if mac is None:
                 built = self._build(data, route, dst, dport, _ZERO_MAC, src_mac, ttl)
@@ -577,7 +600,7 @@ class UdpEngine:
         return {
             "received": c.received + fast,
             "delivered": c.delivered + fast,
-            "sent": c.sent,
+            "sent": c.sent + (self._sender.sent if self._sender is not None else 0),
             "sent_by_kernel": c.sent_by_kernel,
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),

@@ -22,6 +22,7 @@ Nothing here touches a socket, a clock or an event loop.
 from __future__ import annotations
 
 import errno
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -207,6 +208,9 @@ class Host:
         self.fast: Any = ACCEL.FastHost() if ACCEL is not None else None
         self._fast_entries: dict[UdpEngine, Any] = {}
         self._sync_local()
+        # The compiled send path's templates (``_datapath.FastSender``, one per endpoint), all
+        # cleared when a route, address, link or neighbour entry may have changed.
+        self._senders: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # ------------------------------------------------------------------------------ state in
     def set_local_addresses(self, local_addresses: LocalAddresses) -> None:
@@ -226,8 +230,20 @@ class Host:
 
     def forget_interface(self, ifindex: int) -> None:
         """The interface went away: give up resolutions through it."""
+        self.invalidate_tx()
         self._fail(self.neigh.forget(ifindex))
         self.if_macs.pop(ifindex, None)
+
+    def add_sender(self, sender: Any) -> None:
+        """Keep a ``_datapath.FastSender`` in step: :meth:`invalidate_tx` clears it."""
+        self._senders.add(sender)
+
+    def invalidate_tx(self) -> None:
+        """Something a send template was built from may have changed (a route, an address, a
+        link, a neighbour entry): forget every template; the next datagram to each destination
+        takes the Python path and makes a new one."""
+        for sender in self._senders:
+            sender.clear()
 
     # -------------------------------------------------------------------------- socket table
     def register(self, engine: UdpEngine) -> None:
@@ -439,6 +455,7 @@ class Host:
         if sender_mac[0] & 1 or sender_mac == _ZERO_MAC:
             c.drop("neighbour_bad_mac")
             return
+        self.invalidate_tx()
         for pending in self.neigh.handle_reply(meta.ifindex, address, sender_mac, now):
             owner = pending.owner
             if owner is not None:
@@ -486,6 +503,7 @@ class Host:
         for reasm in (self.reasm, self.reasm_fanout):
             if reasm is not None:
                 reasm.handle_timer(now)
+        self.invalidate_tx()
         self._fail(self.neigh.handle_timer(now))
         self.queue_requests(self.out, self.counters, None)
 

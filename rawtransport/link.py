@@ -213,6 +213,12 @@ class PacketSender:
             sock.close()
             raise
 
+    @property
+    def bound(self) -> bool:
+        """True when ``send()`` is a plain ``send(2)`` on a socket bound to the interface (not the
+        ``fallback`` with an explicit address): the compiled send path writes to it directly."""
+        return self._address is None
+
     def send(self, frame: bytes) -> None:
         """Write one frame; raises ``BlockingIOError`` when the socket's send buffer is full."""
         if self._address is None:

@@ -367,6 +367,14 @@ class NeighbourCache(Generic[T]):
             return entry.mac
         return None
 
+    def confirmation(self, ifindex: int, address: bytes) -> tuple[float, float] | None:
+        """``(confirmed, reachable_time)`` of a REACHABLE-or-STALE entry: :meth:`reachable` answers
+        its MAC while ``now - confirmed < reachable_time`` (the compiled send path's test)."""
+        entry = self._entries.get((ifindex, address))
+        if entry is None or entry.state != _VALID:
+            return None
+        return entry.confirmed, self.reachable_time
+
     @property
     def has_requests(self) -> bool:
         """True when :meth:`requests_to_send` would return something (a cheap check per send)."""

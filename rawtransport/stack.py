@@ -299,6 +299,7 @@ class RawStack:
 
     def _refresh(self) -> None:
         self._routes.invalidate()
+        self.host.invalidate_tx()
         self.host.set_local_addresses(LocalAddresses(self._rtnl.addresses()))
         links = {link.ifindex: link for link in self._rtnl.links()}
         for gone in self._links.keys() - links.keys():
@@ -455,6 +456,15 @@ class RawStack:
                 # this kernel: frames still leave, one send() each.
                 count("tx_ring_unavailable")
         return PacketSender(ifindex, qdisc_bypass=qdisc_bypass, fallback=self.receiver.sock)
+
+    def direct_fileno(self, ifindex: int) -> int | None:
+        """The descriptor a frame for ``ifindex`` leaves by with one plain ``send(2)`` (the
+        compiled send path's), or ``None`` where frames take another way (a TX ring, the
+        fallback sender) or no sender is open yet."""
+        sender = self._senders.get(ifindex)
+        if isinstance(sender, PacketSender) and sender.bound:
+            return sender.sock.fileno()
+        return None
 
     def sender_fileno(self, ifindex: int, engine: UdpEngine) -> int:
         """The descriptor of the packet socket that sends on ``ifindex`` (for ``add_writer``)."""

@@ -97,6 +97,8 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         # tx_mode="ring": sendto() queues its frames and one flush per loop iteration writes them
         # all (one kick of the transmit ring); with "direct" each sendto() writes at once.
         self._batch = endpoint.tx_mode == "ring"
+        # The compiled send path (None on the pure path and in batch mode, whose frames wait).
+        self._fast_tx: Any = None if self._batch else endpoint.engine.fast_sender
         self._flush_handle: asyncio.Handle | None = None
         guard = endpoint.guard
         try:
@@ -203,6 +205,15 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
     # --------------------------------------------------------------------------------- sending
     def sendto(self, data: Any, addr: Any = None) -> None:
         """Send ``data`` to ``addr`` (or to the connected peer), as ``DatagramTransport.sendto``."""
+        fast = self._fast_tx
+        if (
+            fast is not None
+            and not self._buffer
+            and not self._conn_lost
+            and fast.sendto(data, addr, self._loop.time())
+        ):
+            return  # the compiled send path: a destination sent to before, unchanged since
+        key = addr
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
@@ -239,6 +250,23 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
             self._queue_output()
         else:
             self._flush_engine()
+            if fast is not None:
+                self._learn(key)
+
+    def _learn(self, key: Any) -> None:
+        """The datagram just sent to ``key`` was built by the engine's fast branch and has left:
+        make its headers that destination's template (rawtransport/_send.c), while the neighbour
+        entry stays REACHABLE and nothing changes (the host clears templates on any change)."""
+        built = self._ep.engine.take_built()
+        if built is None or self._buffer or self._conn_lost or self._fast_tx is None:
+            return
+        frame, route = built
+        fd = self._ep.stack.direct_fileno(route.ifindex)
+        confirmation = self._ep.engine.host.neigh.confirmation(route.ifindex, route.next_hop)
+        if fd is None or confirmation is None:
+            return
+        overhead = 28 if len(route.source) == 4 else 48
+        self._fast_tx.install(key, frame, fd, route.mtu - overhead, *confirmation)
 
     def _queue_output(self) -> None:
         """Batch mode: buffer the engine's frames now, write them once this loop iteration ends.
