@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "_datapath.h"
@@ -57,6 +58,9 @@ typedef struct {
 	uint8_t *buf;	     /* FRAME_MAX bytes, reused for every frame */
 	Py_ssize_t sent;     /* datagrams sent here (counted in the engine's "sent") */
 	PyObject *weakrefs;  /* the host keeps its senders in a WeakSet */
+	int watch_fd;	     /* the rtnetlink monitor, or -1 */
+	double interval;     /* how often to look at it */
+	double checked;	     /* when it was last seen quiet */
 } FastSender;
 
 static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -68,6 +72,7 @@ static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 	self = (FastSender *)type->tp_alloc(type, 0);
 	if (self == NULL)
 		return NULL;
+	self->watch_fd = -1;
 	self->templates = PyDict_New();
 	self->buf = PyMem_Malloc(FRAME_MAX);
 	if (self->templates == NULL || self->buf == NULL) {
@@ -167,6 +172,36 @@ static PyObject *sender_install(FastSender *self, PyObject *const *args, Py_ssiz
 	Py_RETURN_TRUE;
 }
 
+PyDoc_STRVAR(watch_doc,
+	     "watch(fd, interval, /)\n\n"
+	     "Before a send, at most once per interval seconds, look whether fd (the stack's\n"
+	     "rtnetlink monitor) has news; if so the Python path takes the datagram, applies the\n"
+	     "change (clearing every template) and answers as the kernel would now (the check\n"
+	     "RawStack.route() makes).");
+
+static PyObject *sender_watch(FastSender *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	long fd;
+	double interval;
+
+	if (nargs != 2) {
+		PyErr_SetString(PyExc_TypeError, "watch() takes 2 arguments");
+		return NULL;
+	}
+	fd = PyLong_AsLong(args[0]);
+	interval = PyFloat_AsDouble(args[1]);
+	if (PyErr_Occurred())
+		return NULL;
+	if (fd < -1 || fd > INT32_MAX || !(interval >= 0.0)) {
+		PyErr_SetString(PyExc_ValueError, "watch(): fd or interval out of range");
+		return NULL;
+	}
+	self->watch_fd = (int)fd;
+	self->interval = interval;
+	self->checked = -1e300;
+	Py_RETURN_NONE;
+}
+
 static PyObject *sender_clear(FastSender *self, PyObject *unused)
 {
 	(void)unused;
@@ -238,6 +273,13 @@ static PyObject *sender_sendto(FastSender *self, PyObject *const *args, Py_ssize
 	/* NeighbourCache.reachable(), the same comparison. */
 	if (!(now - t->confirmed < t->reachable_time))
 		Py_RETURN_FALSE;
+	if (self->watch_fd >= 0 && now - self->checked >= self->interval) {
+		struct pollfd p = {.fd = self->watch_fd, .events = POLLIN};
+
+		if (poll(&p, 1, 0) != 0)
+			Py_RETURN_FALSE; /* a route, address or link change waits (or poll failed) */
+		self->checked = now;
+	}
 	if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
 		PyErr_Clear(); /* a strided view: the Python path copies it first */
 		Py_RETURN_FALSE;
@@ -258,6 +300,7 @@ static PyObject *sender_sendto(FastSender *self, PyObject *const *args, Py_ssize
 static PyMethodDef sender_methods[] = {
 	{"install", (PyCFunction)(void (*)(void))sender_install, METH_FASTCALL, install_doc},
 	{"clear", (PyCFunction)sender_clear, METH_NOARGS, "Forget every template."},
+	{"watch", (PyCFunction)(void (*)(void))sender_watch, METH_FASTCALL, watch_doc},
 	{"sendto", (PyCFunction)(void (*)(void))sender_sendto, METH_FASTCALL, sendto_doc},
 	{NULL, NULL, 0, NULL},
 };

@@ -61,6 +61,7 @@ Semantics (where anyio's own backends differ, the kernel socket is the reference
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 import time
 from collections import deque
@@ -83,6 +84,8 @@ from rawtransport.endpoint import RawUdpEndpoint, filter_entry, reuse_port, stac
 from rawtransport.engine import DatagramReceived, Event, OutgoingFrame
 from rawtransport.stack import StackOptions
 from rawtransport.stack_anyio import AnyioStack, anyio_stack, run_off_loop
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RawConnectedUDPSocket",
@@ -141,7 +144,11 @@ class _Socket:
         self.error: OSError | None = None
         self.closed = False
         self.last_stats: dict[str, object] | None = None
+        # The compiled paths: frames the stack's walk can take come to datagram_received() below;
+        # a send to an address sent to before is one C call (None on the pure path).
+        self.fast_tx = self.engine.fast_sender
         stack.attach(self)
+        self.engine.set_fast_protocol(self, self._report)
 
     # ------------------------------------------------------------------------------ state checks
     def check_usable(self) -> None:
@@ -176,6 +183,17 @@ class _Socket:
                     self.queue.append((event.data, _convert_addr(event.addr)))
             elif self.connected:
                 self.set_error(event.exc)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """A datagram the compiled receive path delivered (as :meth:`deliver` queues one)."""
+        if len(self.queue) >= self.queue_limit:
+            self.engine.count_drop("receive_queue_full")
+            return
+        self.queue.append((data, _convert_addr(addr)))
+        self.stack.news(self)
+
+    def _report(self, exc: BaseException) -> None:
+        logger.error("rawtransport: error queueing a received datagram", exc_info=exc)
 
     def stack_ready(self) -> None:
         """The pump fed the engine (datagrams, errors, frames a neighbour reply released)."""
@@ -226,6 +244,10 @@ class _Socket:
     async def send(self, data: Any, addr: Any) -> None:
         await checkpoint_if_cancelled()
         self.check_usable()
+        fast = self.fast_tx
+        if fast is not None and not self.out and fast.sendto(data, addr, time.monotonic()):
+            await cancel_shielded_checkpoint()  # sent by the compiled path, as below
+            return
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'")
         addr = await self._resolve(addr)
@@ -238,6 +260,8 @@ class _Socket:
             # What the packet socket refused (ENETDOWN, EMSGSIZE …) is what sendto() would raise.
             raise errors[0]
         if engine.pending_resolution <= mark and not self.out:
+            if fast is not None:
+                self.ep.learn(fast, addr)
             await cancel_shielded_checkpoint()
             return
         # The pumper may be waiting with no deadline, or not for writability: make it look again.
@@ -267,6 +291,7 @@ class _Socket:
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
+            self.engine.set_fast_protocol(None, self._report)
             if self.stack.detach(self):
                 # Let the pumper leave its waits on our descriptors before they are closed.
                 with CancelScope(shield=True):
@@ -278,6 +303,7 @@ class _Socket:
         """The event-loop run ends with the socket open: close it with the stack."""
         if not self.closed:
             self.closed = True
+            self.engine.set_fast_protocol(None, self._report)
             self.stack.detach(self)
             self._release()
 

@@ -24,7 +24,13 @@ from rawtransport.link import attach_filter
 from rawtransport.nft import BypassSpec, NftBypass
 from rawtransport.ring_setup import RX_MODES, Receiver, open_receiver
 from rawtransport.route import LOOPBACK_IFINDEX, Route, RouteKind
-from rawtransport.stack import _ARPHRD_ETHER, TX_MODES, RawStack, StackOptions
+from rawtransport.stack import (
+    _ARPHRD_ETHER,
+    NETLINK_CHECK_INTERVAL,
+    TX_MODES,
+    RawStack,
+    StackOptions,
+)
 
 # parse_address, open_receiver and RX_MODES are re-exported: callers found them here first.
 __all__ = ["RX_MODES", "TX_MODES", "RawUdpEndpoint", "open_receiver", "parse_address"]
@@ -209,6 +215,24 @@ class RawUdpEndpoint:
             self.engine.count_sent_by_kernel()
             return
         self.engine.send_datagram(data, (dst, port), route, now)
+
+    def learn(self, sender: Any, key: Any) -> None:
+        """The datagram just sent to ``key`` (the address as the caller gave it) has left: if the
+        engine built it on its fast branch, make its headers that destination's template in
+        ``sender`` (a ``_datapath.FastSender``, rawtransport/_send.c), for as long as the
+        neighbour entry stays REACHABLE and nothing changes (the host clears templates then)."""
+        built = self.engine.take_built()
+        if built is None:
+            return
+        frame, route = built
+        fd = self.stack.direct_fileno(route.ifindex)
+        confirmation = self.engine.host.neigh.confirmation(route.ifindex, route.next_hop)
+        if fd is None or confirmation is None:
+            return
+        overhead = 28 if len(route.source) == 4 else 48
+        sender.install(key, frame, fd, route.mtu - overhead, *confirmation)
+        # The Python path's route() looks for netlink news every millisecond: so does the C one.
+        sender.watch(self.stack.netlink_fileno(), NETLINK_CHECK_INTERVAL)
 
     def sender_fileno(self, ifindex: int) -> int:
         """The descriptor of the packet socket that sends on ``ifindex`` (for ``add_writer``)."""

@@ -597,11 +597,15 @@ class UdpEngine:
             if self._owns_host:
                 for reason, n in reasm.dropped.items():
                     dropped[reason] = dropped.get(reason, 0) + n
+        fast_sent = self._sender.sent if self._sender is not None else 0
         return {
             "received": c.received + fast,
             "delivered": c.delivered + fast,
-            "sent": c.sent + (self._sender.sent if self._sender is not None else 0),
+            "sent": c.sent + fast_sent,
             "sent_by_kernel": c.sent_by_kernel,
+            # Of those, what the compiled paths took (rawtransport/_deliver.c, _send.c).
+            "compiled_delivered": fast,
+            "compiled_sent": fast_sent,
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
             **c.events,

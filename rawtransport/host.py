@@ -184,6 +184,7 @@ class Host:
         )
         self.reasm = Reassembler() if reassemble else None
         self.reasm_fanout = Reassembler() if reassemble else None
+        self._reasms = tuple(r for r in (self.reasm, self.reasm_fanout) if r is not None)
         #: Frames read by a shared receiver, and what happened to those no endpoint took.
         self.counters = Counters()
         # Link header + one VLAN tag of slack above the MTU; anything longer did not come off a wire
@@ -491,8 +492,8 @@ class Host:
     def get_timer(self) -> float | None:
         """The next time :meth:`handle_timer` must run, or ``None``."""
         when = self.neigh.get_timer()
-        for reasm in (self.reasm, self.reasm_fanout):
-            expiry = None if reasm is None else reasm.get_timer()
+        for reasm in self._reasms:
+            expiry = reasm.get_timer()
             if expiry is not None and (when is None or expiry < when):
                 when = expiry
         return when
@@ -517,6 +518,8 @@ class Host:
     # -------------------------------------------------------------------------------- output
     def take_touched(self) -> list[UdpEngine]:
         """The endpoints with new events or frames from shared work, each once, and forget them."""
+        if not self._touched:
+            return []
         out = list(self._touched)
         self._touched.clear()
         return out

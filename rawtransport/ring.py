@@ -379,6 +379,7 @@ class V2Walker(_Resync):
 
     __slots__ = (
         "_buf",
+        "_c_geometry",
         "_frame_size",
         "_geometry",
         "_held",
@@ -399,8 +400,13 @@ class V2Walker(_Resync):
         self._buf = buf
         self._geometry = geometry
         self._frame_size = geometry.frame_size
-        # Frame starts, precomputed: this is the per-frame hot path (PERF.md budgets microseconds).
+        # Frame starts, precomputed: this is the per-frame hot path of the pure datapath.
         self._offsets = [geometry.frame_offset(i) for i in range(geometry.frame_count)]
+        # What the compiled walks take, computed once (RingGeometry's are properties).
+        self._c_geometry = (
+            geometry.frame_count, geometry.frames_per_block, geometry.block_size,
+            geometry.frame_size,
+        )  # fmt: skip
         self._index = 0
         self._held = -1
         #: Frames skipped because their header was impossible, by reason.
@@ -502,15 +508,17 @@ class V2Walker(_Resync):
         slot read is given back. A ``SystemExit``/``KeyboardInterrupt`` from a protocol is
         raised once the position is saved. Only with the compiled datapath."""
         assert ACCEL is not None
-        self.release()
-        g = self._geometry
+        if self._held >= 0:
+            self.release()
+        count, per_block, block_size, frame_size = self._c_geometry
         taken, self._index, laps, corrupt, slow, exc = ACCEL.v2_deliver(
-            self._buf, self._index, budget, g.frame_count, g.frames_per_block, g.block_size,
-            g.frame_size, fast,
-        )  # fmt: skip
-        self._laps += laps
-        for reason in corrupt:
-            self._count(reason, "")
+            self._buf, self._index, budget, count, per_block, block_size, frame_size, fast
+        )
+        if laps:
+            self._laps += laps
+        if corrupt:
+            for reason in corrupt:
+                self._count(reason, "")
         if exc is not None:
             raise exc
         if slow is None:

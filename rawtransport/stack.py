@@ -25,7 +25,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rawtransport.bpf_filter import FilterEntry, drop_all, stack_filter
 from rawtransport.engine import OutgoingFrame, UdpEngine
@@ -51,8 +51,8 @@ TX_MODES = ("ring", "direct")
 TX_RING_SLOTS: int | None = None
 # Links whose frames are too large for a ring of sensible size (loopback's 64 KiB) send directly.
 _TX_RING_MAX_MTU = 9216
-# How often (seconds) the send path looks for routing/address changes when no loop callback has.
-_NETLINK_CHECK_INTERVAL = 0.001
+#: How often (seconds) the send path looks for routing/address changes when no loop callback has.
+NETLINK_CHECK_INTERVAL = 0.001
 SO_BUSY_POLL = 46  # <asm-generic/socket.h>; not exported by Python's socket module
 # <linux/if_packet.h>
 _SOL_PACKET = 263
@@ -112,6 +112,12 @@ class RawStack:
         self.tx_mode = options.tx_mode
         self.spin_us = options.spin_us
         self.receiver = receiver
+        # The compiled receive path's walk of the shared ring, where there is one (read_ready()).
+        self._recv_fast = (
+            receiver.recv_fast
+            if isinstance(receiver, RingReceiver) and receiver.can_deliver
+            else None
+        )
         self._rtnl = rtnl
         self._monitor = monitor
         self.host = Host()
@@ -343,7 +349,7 @@ class RawStack:
 
     def route(self, dst: bytes, source: bytes | None, oif: int | None, now: float) -> Route:
         """The kernel's route to ``dst`` (from ``source``, out of ``oif``), cached until a change."""
-        if now - self._netlink_checked >= _NETLINK_CHECK_INTERVAL:
+        if now - self._netlink_checked >= NETLINK_CHECK_INTERVAL:
             self.netlink_ready(now)
         key = (dst, source, oif)
         route = self._routes.get(key)
@@ -370,21 +376,24 @@ class RawStack:
 
         ``BlockingIOError`` ends the batch quietly; another ``OSError`` from the socket is raised.
         """
+        host = self.host
+        recv_fast = self._recv_fast
+        if receiver is None and flush is not None and recv_fast is not None and host.fast.entries:
+            fast = host.fast
+            while True:
+                taken, slow = recv_fast(budget, fast)
+                if slow is None:
+                    break
+                budget -= taken + 1
+                host.receive_frame(slow[0], slow[1], now, False)
+                flush(host.take_touched())
+                if budget <= 0:
+                    break
+            return host.take_touched()
         fanout = receiver is not None
         source = receiver or self.receiver
-        host = self.host
         receive_frame = host.receive_frame
         if isinstance(source, RingReceiver):
-            if flush is not None and not fanout and source.can_deliver and host.fast.entries:
-                while budget > 0:
-                    taken, slow = source.recv_fast(budget, host.fast)
-                    budget -= taken
-                    if slow is None:
-                        break
-                    budget -= 1
-                    receive_frame(slow[0], slow[1], now, False)
-                    flush(host.take_touched())
-                return host.take_touched()
             # One call for the batch (one into C for a V2 ring), frames copied out of the ring.
             for frame, meta in source.recv_batch(budget):
                 receive_frame(frame, meta, now, fanout)
@@ -456,6 +465,13 @@ class RawStack:
                 # this kernel: frames still leave, one send() each.
                 count("tx_ring_unavailable")
         return PacketSender(ifindex, qdisc_bypass=qdisc_bypass, fallback=self.receiver.sock)
+
+    @property
+    def fast_reader(self) -> Callable[[int, Any], tuple[int, Any]] | None:
+        """``RingReceiver.recv_fast`` of the shared receiver where the compiled receive path can
+        walk it (a TPACKET_V2 ring, the compiled datapath), else ``None``. With no fast entry
+        registered it hands every frame to the Python path, one per call."""
+        return self._recv_fast
 
     def direct_fileno(self, ifindex: int) -> int | None:
         """The descriptor a frame for ``ifindex`` leaves by with one plain ``send(2)`` (the

@@ -206,6 +206,8 @@ class AnyioStack:
         self._wait_done: anyio.Event | None = None
         self._netlink_at = -math.inf
         self._dead: set[int] = set()  # receivers whose interface vanished (ENETDOWN forever)
+        # Sockets the compiled receive path queued datagrams for during a read (news()).
+        self._news: dict[PumpClient, None] = {}
         self._users = 0  # sockets, and openers that will register one
         self._idle = anyio.Event()
         self._linger: CancelScope | None = None
@@ -497,7 +499,7 @@ class AnyioStack:
         if fd in self._dead:
             return
         try:
-            touched = stack.read_ready(now, _READ_BUDGET, receiver)
+            touched = stack.read_ready(now, _READ_BUDGET, receiver, self._deliver)
         except OSError as exc:
             touched = stack.host.take_touched()  # what the batch read before the error
             if receiver is None:
@@ -513,7 +515,16 @@ class AnyioStack:
                 # The interface the receiver is bound to is gone (packet_notifier()): its socket
                 # stays readable with the error; stop waiting on it rather than spin.
                 self._dead.add(fd)
+        if self._news:
+            for client in list(self._news):
+                self._notify(client)
+            self._news.clear()
         self._deliver(touched)
+
+    def news(self, client: PumpClient) -> None:
+        """The compiled receive path queued a datagram for ``client``: wake its task once this
+        read is over."""
+        self._news[client] = None
 
     def _deliver(self, engines: list[UdpEngine]) -> None:
         clients = self.clients

@@ -107,7 +107,13 @@ class LoopStack:
         self._linger: asyncio.TimerHandle | None = None
         self.closed = False
         self._finalizer = weakref.finalize(loop, stack.close)
-        loop.add_reader(stack.receiver.fileno(), self._read_ready)
+        # The compiled receive path's walk, where the stack has one and nothing else must run per
+        # wake-up (spin_us polls after each batch): one Python frame between the loop and C.
+        self._recv_fast = stack.fast_reader if not stack.spin_us else None
+        if self._recv_fast is not None:
+            loop.add_reader(stack.receiver.fileno(), self._read_fast)
+        else:
+            loop.add_reader(stack.receiver.fileno(), self._read_ready)
         loop.add_reader(stack.netlink_fileno(), self._netlink_ready)
         self._linger = loop.call_later(LINGER, self._close_if_idle)
         # Filter swaps at most once per loop iteration: scheduled before the opening endpoint's
@@ -176,24 +182,54 @@ class LoopStack:
         self._finalizer()  # stack.close(), once
 
     # -------------------------------------------------------------------------------- reading
+    def _read_fast(self) -> None:
+        """The shared receiver is readable, compiled path: frames for plainly reading endpoints
+        were delivered in C. Only a frame left to Python has more to do here (its own delivery,
+        the rest of the batch, timers it may have started); what a protocol sent in its callback
+        armed the timer itself (transport._flush_engine()), and the C send path starts none."""
+        assert self._recv_fast is not None
+        try:
+            taken, slow = self._recv_fast(READ_BUDGET, self.stack.host.fast)
+        except OSError as exc:
+            self._read_failed(exc, None)
+            return
+        if slow is None:
+            return
+        now = self.loop.time()
+        host = self.stack.host
+        host.receive_frame(slow[0], slow[1], now, False)
+        self._deliver(host.take_touched())
+        budget = READ_BUDGET - taken - 1
+        if budget > 0:
+            try:
+                touched = self.stack.read_ready(now, budget, None, self._deliver)
+            except OSError as exc:
+                self._read_failed(exc, None)
+                return
+            self._deliver(touched)
+        self.arm_timer()
+
     def _read_ready(self, fanout: Receiver | None = None) -> None:
         stack = self.stack
         try:
             touched = stack.read_ready(self.loop.time(), READ_BUDGET, fanout, self._deliver)
         except OSError as exc:
-            # A read error of the shared socket (ENETDOWN when a bound interface vanished ...):
-            # every endpoint's socket would have reported it.
-            for consumer in list(self._consumers.values()):
-                consumer.read_error(exc)
-            if exc.errno in _DEAD and stack.ifindex is not None:
-                # The interface the receiver is bound to is gone (packet_notifier()): its socket
-                # stays readable with the error; stop reading it rather than spin.
-                self.loop.remove_reader((fanout or stack.receiver).fileno())
+            self._read_failed(exc, fanout)
             return
         self._deliver(touched)
         if stack.spin_us:
             self._spin()
         self.arm_timer()
+
+    def _read_failed(self, exc: OSError, fanout: Receiver | None) -> None:
+        # A read error of the shared socket (ENETDOWN when a bound interface vanished ...): every
+        # endpoint's socket would have reported it.
+        for consumer in list(self._consumers.values()):
+            consumer.read_error(exc)
+        if exc.errno in _DEAD and self.stack.ifindex is not None:
+            # The interface the receiver is bound to is gone (packet_notifier()): its socket stays
+            # readable with the error; stop reading it rather than spin.
+            self.loop.remove_reader((fanout or self.stack.receiver).fileno())
 
     def _spin(self) -> None:
         """``spin_us``: poll for the next frame before yielding (after dispatching, so a reply

@@ -250,23 +250,8 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
             self._queue_output()
         else:
             self._flush_engine()
-            if fast is not None:
-                self._learn(key)
-
-    def _learn(self, key: Any) -> None:
-        """The datagram just sent to ``key`` was built by the engine's fast branch and has left:
-        make its headers that destination's template (rawtransport/_send.c), while the neighbour
-        entry stays REACHABLE and nothing changes (the host clears templates on any change)."""
-        built = self._ep.engine.take_built()
-        if built is None or self._buffer or self._conn_lost or self._fast_tx is None:
-            return
-        frame, route = built
-        fd = self._ep.stack.direct_fileno(route.ifindex)
-        confirmation = self._ep.engine.host.neigh.confirmation(route.ifindex, route.next_hop)
-        if fd is None or confirmation is None:
-            return
-        overhead = 28 if len(route.source) == 4 else 48
-        self._fast_tx.install(key, frame, fd, route.mtu - overhead, *confirmation)
+            if fast is not None and not self._buffer and not self._conn_lost:
+                self._ep.learn(fast, key)  # it left at once: the next one may take the C path
 
     def _queue_output(self) -> None:
         """Batch mode: buffer the engine's frames now, write them once this loop iteration ends.

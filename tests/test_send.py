@@ -117,6 +117,26 @@ def test_a_template_lasts_while_the_neighbour_is_reachable(
     assert s2.sendto(b"x", None, 101.0) is False  # type: ignore[attr-defined]
 
 
+def test_news_on_the_watched_socket_sends_the_datagram_down_the_python_path(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The rtnetlink monitor readable (a route or address change not applied yet): False, so the
+    Python path applies it first; looked at no more than once per interval while quiet."""
+    a, b = pair
+    news_r, news_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with news_r, news_w:
+        s = sender(a, ("198.18.0.2", 9000), False)
+        s.watch(news_r.fileno(), 0.001)  # type: ignore[attr-defined]
+        key = ("198.18.0.2", 9000)
+        assert s.sendto(b"x", key, 101.0) is True  # type: ignore[attr-defined]
+        news_w.send(b"change")
+        assert s.sendto(b"y", key, 101.0005) is True  # type: ignore[attr-defined]  # not looked
+        assert s.sendto(b"z", key, 101.002) is False  # type: ignore[attr-defined]
+        news_r.recv(16)  # applied
+        assert s.sendto(b"z", key, 101.002) is True  # type: ignore[attr-defined]
+        assert [b.recv(4096)[42:] for _ in range(3)] == [b"x", b"y", b"z"]
+
+
 def test_a_failed_send_sends_nothing_and_says_so(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:

@@ -23,6 +23,7 @@ import pytest
 
 import rawtransport
 from rawtransport import stack_loop
+from rawtransport.datapath import DATAPATH
 from rawtransport.packet import (
     ETH_P_IPV6,
     IPPROTO_ICMPV6,
@@ -241,6 +242,12 @@ def test_local_address_removed_is_enetunreach_and_nothing_leaves(
         peer = Peer.create(veth, family)
         dest = (b_ip(veth, family), peer.port)
         assert await echo_once(t, peer, b"before", dest) == b"before"
+        # Twice more: the next hop is known now, so the compiled path keeps a template for dest
+        # and sends the third with it; the stale one must not leave by it.
+        for _ in range(2):
+            assert await echo_once(t, peer, b"before", dest) == b"before"
+        if DATAPATH == "compiled":
+            assert t.get_extra_info("stats")["compiled_sent"] == 1
         prefix = 24 if family == 4 else 64
         veth.run_a("ip", "addr", "del", f"{a_ip(veth, family)}/{prefix}", "dev", veth.if_a)
         t.sendto(b"stale", dest)
@@ -254,7 +261,7 @@ def test_local_address_removed_is_enetunreach_and_nothing_leaves(
     assert exc.errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL)
     capture.wait_for_lines(lambda lines: any("before" in ln or "UDP" in ln for ln in lines))
     lines = capture.stop()
-    assert len([ln for ln in lines if "UDP" in ln]) == 1, lines  # only "before"
+    assert len([ln for ln in lines if "UDP" in ln]) == 3, lines  # only the "before"s
 
 
 def test_receive_overflow_is_counted_and_accumulated(veth: VethPair) -> None:
