@@ -191,14 +191,14 @@ def test_kernel_ordering_agrees_and_disagrees() -> None:
     agg = report.aggregate(RESULTS["runs"])
     notes = report.kernel_ordering(agg, 4, 64)
     assert len(notes) == 2
-    assert all("agrees with PERF.md" in n for n in notes)
+    assert all("as on the reference machine" in n for n in notes)
     flipped = copy.deepcopy(RESULTS["runs"])
     for run in flipped:
         if run["path"] == "asyncio" and run["workload"] == "rtt":
             run["figures"]["p50_us"] = 10
     notes = report.kernel_ordering(report.aggregate(flipped), 4, 64)
     assert "asyncio > uvloop > asyncio-maxsize" in notes[0]
-    assert "differs from PERF.md" in notes[0]
+    assert "differs from the reference machine" in notes[0]
 
 
 def test_fmt_spread() -> None:
@@ -224,7 +224,7 @@ def test_render_markdown_from_fixed_json() -> None:
     )
     assert "60.0 (20.0–80.0) | 1.50× | 0.60× | 300.0 (250.0–350.0) | 1.50× | 12.00×" in row
     assert "75.0 (70.0–80.0) | 0.50× | 0.50×" in row
-    assert "RTT p50: uvloop > asyncio-maxsize > asyncio (best first) — agrees" in md
+    assert "RTT p50: uvloop > asyncio-maxsize > asyncio (best first) — as on the reference" in md
     assert "**raw-uvloop**: RTT p50 1.50× uvloop's (worse); RTT p50 0.60× asyncio's (better)" in md
     assert "| asyncio | sink | 200 | 5.14 | recvfrom 1.00, mmap 1.00, mremap 1.00 |" in md
     assert "skipped raw-bulk-uvloop: this rawtransport has no rx_mode option yet" in md

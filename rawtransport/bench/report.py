@@ -111,7 +111,8 @@ def ratio_rows(
 
 
 def kernel_ordering(agg: Aggregate, family: int, size: int) -> list[str]:
-    """Sentences saying whether the kernel paths rank as PERF.md says (uvloop, max_size, stock)."""
+    """Sentences saying whether the kernel paths rank as they did on the reference machine
+    (uvloop, then asyncio with a fixed ``max_size``, then stock asyncio)."""
     expected = ["uvloop", "asyncio-maxsize", "asyncio"]
     notes = []
     for workload in ("rtt", "rx"):
@@ -126,10 +127,10 @@ def kernel_ordering(agg: Aggregate, family: int, size: int) -> list[str]:
         what = "RTT p50" if workload == "rtt" else "receive kpps"
         order = " > ".join(ranked)
         if ranked == expected:
-            notes.append(f"{what}: {order} (best first) — agrees with PERF.md.")
+            notes.append(f"{what}: {order} (best first) — as on the reference machine.")
         else:
             notes.append(
-                f"{what}: {order} (best first) — differs from PERF.md's "
+                f"{what}: {order} (best first) — differs from the reference machine's "
                 f"{' > '.join(expected)}; see the min–max spreads before reading much into it."
             )
     return notes
