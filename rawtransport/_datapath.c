@@ -617,6 +617,8 @@ static PyMethodDef datapath_methods[] = {
 	{"peek_udp", py_peek_udp, METH_O, peek_udp_doc},
 	{"v2_read", (PyCFunction)(void (*)(void))py_v2_read, METH_FASTCALL, v2_read_doc},
 	{"v2_deliver", (PyCFunction)(void (*)(void))rt_v2_deliver, METH_FASTCALL, rt_v2_deliver_doc},
+	{"deliver_frame", (PyCFunction)(void (*)(void))rt_deliver_frame, METH_FASTCALL,
+	 rt_deliver_frame_doc},
 	{NULL, NULL, 0, NULL},
 };
 

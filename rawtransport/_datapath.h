@@ -69,6 +69,8 @@ extern PyTypeObject rt_fast_entry_type;
 extern PyTypeObject rt_fast_host_type;
 PyObject *rt_v2_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 extern const char rt_v2_deliver_doc[];
+PyObject *rt_deliver_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+extern const char rt_deliver_frame_doc[];
 int rt_deliver_init(PyObject *module);
 
 /* _send.c */

@@ -470,18 +470,26 @@ static int addresses_ok(const FastHost *h, const FastEntry *e, const struct rt_u
  * The endpoint this frame certainly goes to, its datagram in *u; NULL (no error set) when the
  * Python path must take it, NULL with an error set when a lookup failed.
  */
-static FastEntry *fast_match(FastHost *h, const uint8_t *slot, uint32_t status, uint32_t len,
-			     uint32_t snaplen, const uint8_t *frame, struct rt_udp *u)
+/* What the link layer says about a frame (the ring slot's header, or PACKET_AUXDATA). */
+struct link_meta {
+	int ifindex;
+	unsigned pkttype, hatype;
+	uint32_t status;
+	int truncated;
+};
+
+static FastEntry *fast_match(FastHost *h, const struct link_meta *m, const uint8_t *frame,
+			     Py_ssize_t snaplen, struct rt_udp *u)
 {
-	int ifindex = (int)load_u32(slot + V2_IFINDEX);
+	int ifindex = m->ifindex;
+	uint32_t status = m->status;
 	Py_ssize_t limit = RX_LIMIT_DEFAULT;
 	PyObject *key, *v;
 	FastEntry *e;
 
 	/* link_drop() and the VLAN, truncation and link-type cases of the engine. */
-	if (!h->local_ok || slot[V2_PKTTYPE] != PACKET_HOST_ ||
-	    load_u16(slot + V2_HATYPE) != ARPHRD_ETHER_ || snaplen < len ||
-	    (status & (TP_STATUS_COPY | TP_STATUS_VLAN_VALID)))
+	if (!h->local_ok || m->pkttype != PACKET_HOST_ || m->hatype != ARPHRD_ETHER_ ||
+	    m->truncated || (status & (TP_STATUS_COPY | TP_STATUS_VLAN_VALID)))
 		return NULL;
 	key = PyLong_FromLong(ifindex);
 	if (key == NULL)
@@ -495,7 +503,7 @@ static FastEntry *fast_match(FastHost *h, const uint8_t *slot, uint32_t status, 
 	} else if (PyErr_Occurred()) {
 		return NULL;
 	}
-	if ((Py_ssize_t)snaplen > limit)
+	if (snaplen > limit)
 		return NULL;
 	/* The engine verifies the UDP checksum unless the kernel vouched for it (CSUM_VOUCHED). */
 	if (!rt_parse_fast(frame, snaplen,
@@ -607,7 +615,8 @@ PyObject *rt_v2_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	while (n < w.budget && stop == NULL) {
 		const char *bad;
 		uint8_t *slot = rt_v2_next(&w, &bad);
-		uint32_t status, snaplen;
+		uint32_t snaplen;
+		struct link_meta m;
 		const uint8_t *frame;
 		struct rt_udp u;
 		FastEntry *e;
@@ -621,10 +630,14 @@ PyObject *rt_v2_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			continue;
 		}
 		n++;
-		status = load_u32(slot);
 		snaplen = load_u32(slot + V2_SNAPLEN);
+		m.ifindex = (int)load_u32(slot + V2_IFINDEX);
+		m.pkttype = slot[V2_PKTTYPE];
+		m.hatype = load_u16(slot + V2_HATYPE);
+		m.status = load_u32(slot);
+		m.truncated = snaplen < load_u32(slot + V2_LEN);
 		frame = slot + load_u16(slot + V2_MAC);
-		e = fast_match(host, slot, status, load_u32(slot + V2_LEN), snaplen, frame, &u);
+		e = fast_match(host, &m, frame, (Py_ssize_t)snaplen, &u);
 		if (e == NULL) {
 			if (PyErr_Occurred()) {
 				release_slot(slot);
@@ -639,7 +652,7 @@ PyObject *rt_v2_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		}
 		Py_INCREF(e); /* the protocol may take it out of the table */
 		payload = PyBytes_FromStringAndSize((const char *)frame + u.payload, u.plen);
-		addr = payload ? peer_addr(e, &u, (int)load_u32(slot + V2_IFINDEX)) : NULL;
+		addr = payload ? peer_addr(e, &u, m.ifindex) : NULL;
 		/* Copied out: the slot goes back before the protocol runs (it may take long). */
 		release_slot(slot);
 		if (addr == NULL) {
@@ -663,6 +676,83 @@ out:
 	Py_XDECREF(corrupt);
 	PyBuffer_Release(&w.ring);
 	return result;
+}
+
+const char rt_deliver_frame_doc[] =
+	"deliver_frame(frame, ifindex, pkttype, status, hatype, truncated, host, /) -> bool\n\n"
+	"One frame a receiver other than the V2 walk read (recvmsg, a V3 block): delivered to its\n"
+	"protocol as v2_deliver() would (True), or left to the Python path (False: untouched,\n"
+	"uncounted). An exception from the protocol goes to its entry's report(); SystemExit and\n"
+	"KeyboardInterrupt propagate.";
+
+PyObject *rt_deliver_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	struct link_meta m;
+	struct rt_udp u;
+	Py_buffer view;
+	FastHost *host;
+	FastEntry *e;
+	PyObject *payload, *addr, *stop = NULL;
+	long ifindex, pkttype, status, hatype;
+	int truncated;
+
+	(void)self;
+	if (nargs != 7) {
+		PyErr_SetString(PyExc_TypeError, "deliver_frame() takes 7 arguments");
+		return NULL;
+	}
+	if (!Py_IS_TYPE(args[6], &rt_fast_host_type)) {
+		PyErr_SetString(PyExc_TypeError, "deliver_frame(): host must be a FastHost");
+		return NULL;
+	}
+	host = (FastHost *)args[6];
+	ifindex = PyLong_AsLong(args[1]);
+	pkttype = PyLong_AsLong(args[2]);
+	status = PyLong_AsLong(args[3]);
+	hatype = PyLong_AsLong(args[4]);
+	truncated = PyObject_IsTrue(args[5]);
+	if (PyErr_Occurred() || truncated < 0)
+		return NULL;
+	/* Out-of-range metadata is nothing the fast path takes: the Python path names it. */
+	if (ifindex < 0 || ifindex > INT32_MAX || pkttype < 0 || pkttype > 255 || status < 0 ||
+	    status > (long)UINT32_MAX || hatype < 0 || hatype > 0xFFFF)
+		Py_RETURN_FALSE;
+	m.ifindex = (int)ifindex;
+	m.pkttype = (unsigned)pkttype;
+	m.status = (uint32_t)status;
+	m.hatype = (unsigned)hatype;
+	m.truncated = truncated;
+	if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+		return NULL;
+	e = fast_match(host, &m, view.buf, view.len, &u);
+	if (e == NULL) {
+		PyBuffer_Release(&view);
+		if (PyErr_Occurred())
+			return NULL;
+		Py_RETURN_FALSE;
+	}
+	Py_INCREF(e);
+	payload = PyBytes_FromStringAndSize((const char *)view.buf + u.payload, u.plen);
+	addr = payload ? peer_addr(e, &u, m.ifindex) : NULL;
+	PyBuffer_Release(&view); /* u's pointers are not used past here */
+	if (addr == NULL) {
+		Py_XDECREF(payload);
+		Py_DECREF(e);
+		return NULL;
+	}
+	e->taken++;
+	host->taken++;
+	deliver(e, payload, addr, &stop);
+	Py_DECREF(payload);
+	Py_DECREF(addr);
+	Py_DECREF(e);
+	if (stop != NULL) {
+		/* Raised again as it was raised (PyErr_Restore() steals all three references). */
+		PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(stop)), stop,
+			      PyException_GetTraceback(stop));
+		return NULL;
+	}
+	Py_RETURN_TRUE;
 }
 
 /* Ready the types and add them to the module (PyInit__datapath()). */

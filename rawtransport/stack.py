@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rawtransport.bpf_filter import FilterEntry, drop_all, stack_filter
+from rawtransport.datapath import ACCEL
 from rawtransport.engine import OutgoingFrame, UdpEngine
 from rawtransport.host import Host
 from rawtransport.link import PacketSender
@@ -136,7 +137,12 @@ class RawStack:
         #: caller then calls :meth:`sync_filter` (the loop glue does so once per loop iteration,
         #: so that closing many endpoints together costs one swap).
         self.defer_filter: Callable[[], None] | None = None
+        # And for a swap that only narrows it (an endpoint left): may wait longer, coalescing
+        # the closes of a burst (a frame for a gone endpoint that passes meanwhile is counted as
+        # no_socket). None: as defer_filter.
+        self.defer_narrow: Callable[[], None] | None = None
         self._filter_dirty = False
+        self._widen_scheduled = self._narrow_scheduled = False
         self._refresh()
 
     @classmethod
@@ -240,18 +246,29 @@ class RawStack:
         if not self.closed:
             # An error means the socket is going away; the table no longer has the endpoint.
             with contextlib.suppress(OSError):
-                self._filter_changed()
+                self._filter_changed(narrow=True)
 
-    def _filter_changed(self) -> None:
+    def _filter_changed(self, narrow: bool = False) -> None:
         if self.defer_filter is None:
             self._update_filter()
             return
-        if not self._filter_dirty:
-            self._filter_dirty = True
+        self._filter_dirty = True
+        if narrow and self.defer_narrow is not None:
+            if not self._narrow_scheduled:
+                self._narrow_scheduled = True
+                self.defer_narrow()
+        elif not self._widen_scheduled:
+            # Widening cannot wait for a narrowing swap due later: its own comes first.
+            self._widen_scheduled = True
             self.defer_filter()
 
-    def sync_filter(self) -> None:
-        """Swap in the filter for the endpoints registered now, if a deferred change is pending."""
+    def sync_filter(self, narrow: bool = False) -> None:
+        """Swap in the filter for the endpoints registered now, if a deferred change is pending
+        (``narrow``: called by the ``defer_narrow`` schedule, else by ``defer_filter``'s)."""
+        if narrow:
+            self._narrow_scheduled = False
+        else:
+            self._widen_scheduled = False
         if self._filter_dirty and not self.closed:
             self._filter_dirty = False
             self._update_filter()
@@ -393,10 +410,23 @@ class RawStack:
         fanout = receiver is not None
         source = receiver or self.receiver
         receive_frame = host.receive_frame
+        # A receiver the C walk does not read (recvmsg, a V3 ring): each frame is offered to the
+        # compiled delivery first, the Python path taking (and flushing) what it leaves.
+        deliver = fast = None
+        if ACCEL is not None and flush is not None and not fanout and host.fast.entries:
+            deliver = ACCEL.deliver_frame
+            fast = host.fast
         if isinstance(source, RingReceiver):
             # One call for the batch (one into C for a V2 ring), frames copied out of the ring.
             for frame, meta in source.recv_batch(budget):
-                receive_frame(frame, meta, now, fanout)
+                if deliver is not None:
+                    if deliver(frame, meta.ifindex, meta.pkttype, meta.status, meta.hatype,
+                               meta.truncated, fast):  # fmt: skip
+                        continue
+                    receive_frame(frame, meta, now, False)
+                    flush(host.take_touched())  # type: ignore[misc]
+                else:
+                    receive_frame(frame, meta, now, fanout)
             return host.take_touched()
         recv = source.recv
         for _ in range(budget):
@@ -404,7 +434,14 @@ class RawStack:
                 view, meta = recv()
             except (BlockingIOError, InterruptedError):
                 break
-            receive_frame(view, meta, now, fanout)
+            if deliver is not None:
+                if deliver(view, meta.ifindex, meta.pkttype, meta.status, meta.hatype,
+                           meta.truncated, fast):  # fmt: skip
+                    continue
+                receive_frame(view, meta, now, False)
+                flush(host.take_touched())  # type: ignore[misc]
+            else:
+                receive_frame(view, meta, now, fanout)
         return host.take_touched()
 
     def spin(self, budget: int) -> tuple[list[UdpEngine], int]:

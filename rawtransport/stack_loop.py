@@ -37,6 +37,8 @@ logger = logging.getLogger("rawtransport")
 LINGER = 2.0
 #: Frames read per readiness callback before yielding to other callbacks.
 READ_BUDGET = 64
+#: How long (seconds) a filter swap that only narrows it (endpoints closed) may wait.
+NARROW_DELAY = 0.005
 _DEAD = frozenset((errno.ENETDOWN, errno.ENODEV, errno.ENXIO))
 
 
@@ -120,13 +122,18 @@ class LoopStack:
         # transport schedules connection_made and its waiter, so the filter takes the endpoint's
         # datagrams before its creator gets it; 200 closes in one callback cost one swap.
         stack.defer_filter = self._schedule_sync
+        # Closes only narrow it: those swaps wait NARROW_DELAY, a burst of closes costing one.
+        stack.defer_narrow = self._schedule_narrow
 
     def _schedule_sync(self) -> None:
         self.loop.call_soon(self._sync_filter)
 
-    def _sync_filter(self) -> None:
+    def _schedule_narrow(self) -> None:
+        self.loop.call_later(NARROW_DELAY, self._sync_filter, True)
+
+    def _sync_filter(self, narrow: bool = False) -> None:
         try:
-            self.stack.sync_filter()
+            self.stack.sync_filter(narrow)
         except OSError as exc:
             logger.warning("rawtransport: the stack's filter could not be updated: %r", exc)
 
