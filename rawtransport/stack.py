@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from rawtransport.bpf_filter import FilterEntry, drop_all, stack_filter
 from rawtransport.datapath import ACCEL
-from rawtransport.engine import OutgoingFrame, UdpEngine
+from rawtransport.engine import FrameMeta, OutgoingFrame, UdpEngine
 from rawtransport.host import Host
 from rawtransport.link import PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
@@ -412,21 +412,23 @@ class RawStack:
         receive_frame = host.receive_frame
         # A receiver the C walk does not read (recvmsg, a V3 ring): each frame is offered to the
         # compiled delivery first, the Python path taking (and flushing) what it leaves.
-        deliver = fast = None
+        take: Callable[[bytes | bytearray | memoryview, FrameMeta, float, bool], None]
+        take = receive_frame
         if ACCEL is not None and flush is not None and not fanout and host.fast.entries:
-            deliver = ACCEL.deliver_frame
-            fast = host.fast
+            deliver, fast, then = ACCEL.deliver_frame, host.fast, flush
+
+            def take(
+                frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float, fanout: bool
+            ) -> None:
+                if not deliver(frame, meta.ifindex, meta.pkttype, meta.status, meta.hatype,
+                               meta.truncated, fast):  # fmt: skip
+                    receive_frame(frame, meta, now, False)
+                    then(host.take_touched())
+
         if isinstance(source, RingReceiver):
             # One call for the batch (one into C for a V2 ring), frames copied out of the ring.
             for frame, meta in source.recv_batch(budget):
-                if deliver is not None:
-                    if deliver(frame, meta.ifindex, meta.pkttype, meta.status, meta.hatype,
-                               meta.truncated, fast):  # fmt: skip
-                        continue
-                    receive_frame(frame, meta, now, False)
-                    flush(host.take_touched())  # type: ignore[misc]
-                else:
-                    receive_frame(frame, meta, now, fanout)
+                take(frame, meta, now, fanout)
             return host.take_touched()
         recv = source.recv
         for _ in range(budget):
@@ -434,14 +436,7 @@ class RawStack:
                 view, meta = recv()
             except (BlockingIOError, InterruptedError):
                 break
-            if deliver is not None:
-                if deliver(view, meta.ifindex, meta.pkttype, meta.status, meta.hatype,
-                           meta.truncated, fast):  # fmt: skip
-                    continue
-                receive_frame(view, meta, now, False)
-                flush(host.take_touched())  # type: ignore[misc]
-            else:
-                receive_frame(view, meta, now, fanout)
+            take(view, meta, now, fanout)
         return host.take_touched()
 
     def spin(self, budget: int) -> tuple[list[UdpEngine], int]:
