@@ -2,7 +2,7 @@
 
 The receive path opens an ``AF_PACKET`` socket, which sees every frame on the link. A classic-BPF
 program attached with ``SO_ATTACH_FILTER`` keeps everything but our own traffic in the kernel, so
-other processes' datagrams never reach user space (RAWPATH.md, "Security") and the parser is spared
+other processes' datagrams never reach user space (docs/kernel-checks.md) and the parser is spared
 the bulk.
 
 This module is pure: it builds programs as values (``Program.pack()`` gives the ``struct

@@ -2,7 +2,7 @@
 
 The filters are *prefilters*: user space still makes every check the kernel's IP and UDP layers
 make; a filter only has to never reject a frame the kernel would have delivered to the socket, and
-to reject as much of everything else as is cheap (RAWPATH.md, "Security").
+to reject as much of everything else as is cheap (docs/kernel-checks.md).
 
 :func:`endpoint_filter` is the filter of one endpoint's own packet socket. :func:`stack_filter` is
 the filter of one packet socket shared by many endpoints: it accepts what any of their endpoint

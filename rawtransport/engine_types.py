@@ -51,7 +51,7 @@ TP_STATUS_CSUMNOTREADY = 0x08
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_CSUM_VALID = 0x80
 # The kernel vouches for the L4 checksum: either it was never computed because the frame is local and
-# offloaded (CHECKSUM_PARTIAL, RAWPATH.md trap 1), or the device already verified it.
+# offloaded (CHECKSUM_PARTIAL: tpacket_rcv() sets TP_STATUS_CSUMNOTREADY), or the device already verified it.
 CSUM_VOUCHED = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
 
 ARPHRD_ETHER = 1

@@ -1,6 +1,6 @@
 """The AF_PACKET boundary: opening, filtering, binding, reading and writing packet sockets.
 
-Order matters (RAWPATH.md trap 5, psock_* selftests): a packet socket is opened with protocol 0 so
+Order matters (tools/testing/selftests/net/psock_*.c do the same): a packet socket is opened with protocol 0 so
 nothing is queued on it, the classic-BPF filter is attached, and only then is it bound to a protocol,
 which is the moment frames start arriving. Outgoing frames are ignored in the kernel
 (``PACKET_IGNORE_OUTGOING``) and ``PACKET_AUXDATA`` carries the checksum status of each frame.

@@ -25,7 +25,7 @@ States (RFC 4861 section 7.3.2, as Linux's ``NUD_*`` states):
 Only time-driven work that matters is scheduled: REACHABLE -> STALE -> gone and the end of a FAILED
 hold are computed from timestamps when an entry is looked at, so an idle cache has no timer.
 
-Security (RAWPATH.md, ``arp_process()``): a reply is accepted only while a request for that
+Security (``arp_process()``, docs/kernel-checks.md): a reply is accepted only while a request for that
 ``(ifindex, address)`` is outstanding, and the first accepted reply wins. Replies never create
 entries, so a flood of forged replies leaves the table unchanged; the table, the per-address queues
 and the total of queued items are all bounded, and every refusal is counted in :attr:`stats`.

@@ -2,7 +2,7 @@
 
 Why: with only a guard UDP socket, every datagram the raw endpoint reads from its packet socket also
 goes through the kernel's whole IP and UDP input path (``ip_rcv()`` -> ``udp_rcv()`` -> the guard's
-drop-all filter), which costs the receiving core as much as the raw path saves (PERF.md, point 3). A
+drop-all filter), which costs the receiving core as much as the raw path saves (docs/bench/bench.md, the bypass rows). A
 rule in a ``netdev`` table's ingress chain drops the endpoint's frames in ``nf_hook_ingress()``,
 which ``__netif_receive_skb_core()`` runs *after* the packet taps (``ptype_all``, where the
 endpoint's ``ETH_P_ALL`` socket sits) and *before* the protocol handlers (``ip_rcv()``): the raw

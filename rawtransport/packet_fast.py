@@ -3,7 +3,7 @@ fragment, ARP and Neighbor Solicitation builders.
 
 Private to :mod:`rawtransport.packet` (which documents the drop reasons). Pure: no I/O.
 
-Speed idioms (PERF.md): one precompiled ``struct.Struct`` per header layout, ``unpack_from`` on
+Speed idioms (measured by ``python -m rawtransport bench codec``): one precompiled ``struct.Struct`` per header layout, ``unpack_from`` on
 the frame, checksums as ``int.from_bytes(...) % 0xFFFF`` and header checksums computed from the
 field values arithmetically (so each frame is packed once), no dataclass on these paths. The
 common case (Ethernet II, no tag, IPv4 without options or IPv6 without extension headers) is

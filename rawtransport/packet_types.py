@@ -320,7 +320,7 @@ def walk_ipv6_extensions(
     numbered ``next_header``. Returns ``(upper-layer protocol, its offset, fragmented)``.
 
     Bounded by the frame: every header is at least 8 bytes and the walk only moves forward, so any
-    chain (20 destination options headers are valid, RAWPATH.md) ends within ``(end - off) / 8``
+    chain (20 destination options headers are delivered by Linux 6.18, tests/test_packet.py) ends within ``(end - off) / 8``
     steps, without recursion. Checks, after ``ip6_input.c``/``exthdrs.c``/``reassembly.c``:
     hop-by-hop only first (``ipv6_hbh_not_first``); a header running past the payload
     (``ipv6_ext_header``); options (see :func:`_check_tlv_options`); a routing header with segments

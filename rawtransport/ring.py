@@ -9,7 +9,7 @@ and writes ``TP_STATUS_KERNEL`` to give it back. Two layouts are supported:
   visible as soon as the kernel has written it.
 - ``TPACKET_V3`` (bulk mode): variable-size packets packed into blocks. The kernel hands over a
   whole block when it is full or when the block timer (``tp_retire_blk_tov``, >= 1 ms) fires, so it
-  batches well but adds up to a timer period of latency (PERF.md).
+  batches well but adds up to a timer period of latency (docs/bench/bench.md).
 
 This module never maps memory or touches a socket: the walkers work over any writable buffer (the
 ``mmap`` in :mod:`rawtransport.ring_setup`, or a ``bytearray`` of synthetic blocks in tests). They

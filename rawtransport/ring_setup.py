@@ -9,9 +9,10 @@ one ``send()`` hands them all to the device; see :mod:`rawtransport.tx_ring` for
 shared with the kernel: no syscall per frame, and one fewer copy. ``version=2`` (TPACKET_V2) hands
 each frame over as soon as it is written, for request/response traffic; ``version=3`` (TPACKET_V3)
 hands over whole blocks, for bulk receive, at the price of up to one block timer period
-(``block_timeout_ms``) of latency (PERF.md).
+(``block_timeout_ms``) of latency (docs/bench/bench.md: ~1 ms per round trip).
 
-Setup order (RAWPATH.md trap 5): socket with protocol 0 -> BPF filter -> ``PACKET_VERSION`` ->
+Setup order (tools/testing/selftests/net/psock_tpacket.c too opens with protocol 0, sets
+the filter and binds last): socket with protocol 0 -> BPF filter -> ``PACKET_VERSION`` ->
 ``PACKET_RX_RING`` -> ``mmap`` -> ``bind``; nothing can land in the ring before the filter is on.
 
 The ring walking itself (header layouts, geometry checks, bounds checks on every header the kernel
@@ -533,7 +534,7 @@ def open_receiver(
             rcvbuf=rcvbuf,
         )
     # TPACKET_V3: frames are handed over a block at a time (when full or when its 1 ms timer
-    # fires): fewer wake-ups for bulk receive, up to a millisecond more latency (PERF.md).
+    # fires): fewer wake-ups for bulk receive, up to a millisecond more latency (docs/bench/bench.md).
     block = max(1 << 20, frame)
     return RingReceiver(
         program,

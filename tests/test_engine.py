@@ -143,7 +143,7 @@ def test_bad_udp_checksum_dropped_unless_the_kernel_vouches(family: int) -> None
     e.receive_frame(bytes(f), META, 0.0)
     assert e.events() == []
     assert dropped(e) == {"udp_bad_checksum": 1}
-    # CHECKSUM_PARTIAL from a local sender (RAWPATH.md trap 1): the kernel says it is not computed yet.
+    # CHECKSUM_PARTIAL from a local sender (TP_STATUS_CSUMNOTREADY): the kernel says it is not computed yet.
     e.receive_frame(bytes(f), FrameMeta(IF, status=TP_STATUS_CSUMNOTREADY), 0.0)
     assert len(e.events()) == 1
 

@@ -598,7 +598,7 @@ def test_parse_udp_accepts_what_the_kernel_accepts() -> None:
     # A computed 0 sent as 0x0000 over IPv4 means "none"; 0xFFFF and 0x0000 are the same sum.
     # IPv6: UDP length 0 means "the rest of the payload" (__udp6_lib_rcv, RFC 2675).
     assert parse_udp(udp(UDP6, length=0)).payload == b"payload!"
-    # Twenty destination options headers are delivered (seen on Linux 6.18, RAWPATH.md).
+    # Twenty destination options headers are delivered (seen on Linux 6.18).
     many = tuple(ext(60, PAD6) for _ in range(20))
     assert parse_udp(v6(extensions=many)).payload == b"payload!"
     # A type-0 routing header with no segments left, and an atomic fragment (RFC 6946).

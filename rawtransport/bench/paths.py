@@ -159,7 +159,7 @@ PATHS: dict[str, PathSpec] = {
             copies=2,
             copies_note=_RING_NOTE + "; frames are handed over a block at a time (1 ms timer)",
             raw_options={"rx_mode": "bulk"},
-            # A block is handed over when full or when its >= 1 ms timer fires (PERF.md lesson 2):
+            # A block is handed over when full or when its >= 1 ms timer fires (TPACKET_V3, tp_retire_blk_tov):
             # every round trip costs about a millisecond, so fewer of them say as much.
             rtt_count_cap=500,
         ),
@@ -214,7 +214,7 @@ PATHS: dict[str, PathSpec] = {
     )
 }
 
-#: The baselines of the ratio table (PERF.md: always report uvloop and stock asyncio side by side).
+#: The baselines of the ratio table (uvloop and stock asyncio, always side by side: either alone flatters).
 BASELINE_UVLOOP = "uvloop"
 BASELINE_STOCK = "asyncio"
 

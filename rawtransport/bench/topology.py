@@ -86,7 +86,7 @@ class Topology:
     def set_rps(self, side: str, cpus: set[int] | None) -> None:
         """Steer the receive softirq of ``side``'s veth to ``cpus`` (RPS), or turn RPS off.
 
-        Without RPS veth runs the receiver's softirq on the sender's CPU (PERF.md lesson 4).
+        Without RPS veth runs the receiver's softirq on the sender's CPU (veth_xmit() -> netif_rx() on the sending CPU).
         """
         mask = sum(1 << c for c in cpus) if cpus else 0
         path = f"/sys/class/net/{self.ifname(side)}/queues/rx-0/rps_cpus"

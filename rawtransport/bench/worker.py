@@ -441,7 +441,7 @@ def _plain_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def _run(spec: PathSpec, job: dict[str, Any]) -> dict[str, Any]:
     if spec.max_size is not None:
-        # PERF.md: the stock transport reads every datagram with recvfrom(256 KiB); the fixed
+        # The stock transport reads every datagram with recvfrom(256 KiB); the fixed
         # variant shows how much of asyncio's cost is that one constant.
         from asyncio import selector_events
 

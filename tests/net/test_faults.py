@@ -1,4 +1,4 @@
-"""Faults, each reproduced with iproute2/tc in the test namespaces (RAWPATH.md, "Faults").
+"""Faults, each reproduced with iproute2/tc in the test namespaces (docs/kernel-checks.md).
 
 The endpoint under test is a raw endpoint in namespace A; the peer is a kernel UDP socket in B.
 """

@@ -1,7 +1,7 @@
 """The endpoint filter in the real kernel: a packet socket in namespace A sees exactly its frames.
 
 Each test opens the packet socket the right way (protocol 0, filter attached, then bound to
-``ETH_P_ALL``; RAWPATH.md trap 5), holds a kernel UDP socket on the port so the host sends no ICMP
+``ETH_P_ALL``; as psock_*.c in the kernel selftests), holds a kernel UDP socket on the port so the host sends no ICMP
 port-unreachable (trap 3), and has namespace B send a mix of traffic: kernel UDP datagrams for us
 and for others, fragments, ARP and ND, and frames crafted on a packet socket in B. Every UDP payload
 and crafted frame carries ``case:<name>;``; a last "marker" datagram tells the test that everything

@@ -457,7 +457,7 @@ def test_removed_source_address(veth: VethPair, rtnl: Rtnl, monitor: RtnlMonitor
     address gets ENETUNREACH from ``sendto()``. IPv6: the kernel's route lookup does not check
     the source (on Linux 6.18 ``ip -6 route get X from <gone>`` succeeds, and a UDP socket bound to
     the removed address even sends with it); ``Rtnl.route_get`` checks it and answers ENETUNREACH
-    like IPv4, so no frame leaves with a stale source (RAWPATH.md, "Local address removed").
+    like IPv4, so no frame leaves with a stale source (docs/kernel-checks.md).
     """
     extra4, extra6 = host_in(veth, 3), host_in(veth, 3, 6)
     veth.run_a("ip", "addr", "add", f"{extra4}/24", "dev", veth.if_a)  # secondary to .1

@@ -25,7 +25,7 @@ from rawtransport.ring_setup import RingReceiver
 from tests.netns import VethPair, setns
 
 PORT = 40_123
-# The kernel vouches for the UDP checksum (RAWPATH.md trap 1): a veth sender leaves it half-done.
+# The kernel vouches for the UDP checksum (TP_STATUS_CSUMNOTREADY, tpacket_rcv()): a veth sender leaves it half-done.
 _VOUCHED = TP_STATUS_CSUMNOTREADY | 0x80
 
 
@@ -136,7 +136,7 @@ def test_csum_not_ready_is_reported(veth: VethPair, version: int) -> None:
     with _ring(veth, version=version, block_size=4096, block_count=2) as rx, _sender(veth) as tx:
         tx.send(b"x" * 100)
         ((frame, meta),) = _drain(rx, 1)
-        # RAWPATH.md trap 1: seen as status 0x9 (USER | CSUMNOTREADY) over veth.
+        # CHECKSUM_PARTIAL: seen as status 0x9 (USER | CSUMNOTREADY) over veth.
         assert meta.status & TP_STATUS_CSUMNOTREADY
         assert frame.endswith(b"x" * 100)
 
