@@ -42,8 +42,9 @@ def snmp_a(veth: VethPair) -> dict[str, int]:
     """Namespace A's IP/UDP counters: ``Ip.InReceives``, ``Udp.InErrors``, ``Ip6InReceives`` …"""
     out: dict[str, int] = {}
     lines = [ln.split() for ln in veth.run_a("cat", "/proc/net/snmp").stdout.splitlines()]
+    lines += [ln.split() for ln in veth.run_a("cat", "/proc/net/netstat").stdout.splitlines()]
     for header, values in itertools.pairwise(lines):
-        if header[0] == values[0] and header[0] in ("Ip:", "Icmp:", "Udp:"):
+        if header[0] == values[0] and header[0] in ("Ip:", "Icmp:", "Udp:", "IpExt:"):
             table = header[0][:-1]
             out.update(
                 {f"{table}.{k}": int(v) for k, v in zip(header[1:], values[1:], strict=True)}
@@ -60,10 +61,20 @@ def delta(before: dict[str, int], after: dict[str, int], *keys: str) -> dict[str
 
 def our_delta(before: dict[str, int], after: dict[str, int], family: int) -> dict[str, int]:
     """What our datagrams moved: the UDP counters, and the IP layer's receives less the ICMP
-    messages it took (the kernel's own neighbour discovery and MLD, which come when they come)."""
+    messages it took and the multicast packets (the kernel's own neighbour discovery and MLD,
+    which come when they come: an MLD report to ff02::16, which namespace A has not joined, is
+    received and dropped before ICMP counts it). Our datagrams are unicast."""
     moved = delta(before, after, *kernel_seen(family))
-    ip, icmp = ("Ip.InReceives", "Icmp.InMsgs") if family == 4 else ("Ip6InReceives", "Icmp6InMsgs")
-    moved[ip] -= after[icmp] - before[icmp]
+    others: tuple[str, ...]
+    if family == 4:
+        ip, others = "Ip.InReceives", ("Icmp.InMsgs", "IpExt.InMcastPkts", "IpExt.InBcastPkts")
+    else:
+        ip, others = "Ip6InReceives", ("Icmp6InMsgs", "Ip6InMcastPkts")
+    for other in others:
+        moved[ip] -= after[other] - before[other]
+    # An ICMP message to a multicast group is in two of those: the IP figure is a floor at 0.
+    # The UDP counters, which each of our datagrams the kernel took would move, stay exact.
+    moved[ip] = max(0, moved[ip])
     return moved
 
 
