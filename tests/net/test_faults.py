@@ -303,7 +303,13 @@ def test_receive_overflow_is_counted_and_accumulated(veth: VethPair) -> None:
 
 def _arp_flood_frame(target_ip: bytes, target_mac: bytes) -> bytes:
     mac = bytes([0x02]) + random.randbytes(5)
-    sender_ip = bytes([198, 18, random.randrange(256), random.randrange(1, 255)])
+    # From 198.18.0.0/15 but never from the link's own /24: our address as sender would be
+    # refused as arp_from_self, and the peer's is in the table (neither is "unsolicited").
+    while True:
+        sender_ip = bytes([198, random.choice((18, 19)), random.randrange(256),
+                           random.randrange(1, 255)])  # fmt: skip
+        if sender_ip[:3] != target_ip[:3]:
+            break
     arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, mac, sender_ip, target_mac, target_ip)
     return target_mac + mac + b"\x08\x06" + arp
 
