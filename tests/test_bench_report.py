@@ -126,6 +126,8 @@ RESULTS: dict[str, Any] = {
     "paths": {
         p: {
             "label": paths.PATHS[p].label,
+            "loop": paths.PATHS[p].loop,
+            "api": paths.PATHS[p].api,
             "copies": paths.PATHS[p].copies,
             "copies_note": paths.PATHS[p].copies_note,
         }
@@ -180,6 +182,19 @@ def test_ratio_rows_against_both_baselines() -> None:
     assert rows["uvloop"]["rtt/uvloop"] == pytest.approx(1.0)
 
 
+def test_same_loop_kernel_path() -> None:
+    info = {p: {"loop": s.loop, "api": s.api} for p, s in paths.PATHS.items()}
+    assert report.same_loop_kernel(info, "raw-anyio-trio") == "anyio-trio"
+    assert report.same_loop_kernel(info, "raw-asyncio") == "asyncio"
+    assert report.same_loop_kernel(info, "raw-bulk-uvloop") == "uvloop"
+    assert report.same_loop_kernel(info, "anyio-trio") is None
+    agg = report.aggregate(RESULTS["runs"])
+    own = {"raw-uvloop": "asyncio"}
+    rows = {r["path"]: r for r in report.ratio_rows(agg, PATHS, 4, 64, ("uvloop", "asyncio"), own)}
+    assert rows["raw-uvloop"]["rtt/own"] == pytest.approx(60 / 100)
+    assert rows["uvloop"]["rtt/own"] is None
+
+
 def test_ratio_rows_with_missing_baseline_are_none() -> None:
     agg = report.aggregate([r for r in RESULTS["runs"] if r["path"] != "uvloop"])
     rows = report.ratio_rows(agg, PATHS, 4, 64, ("uvloop", "asyncio"))
@@ -222,8 +237,12 @@ def test_render_markdown_from_fixed_json() -> None:
     row = next(
         line for line in md.splitlines() if line.startswith("| raw ring (TPACKET_V2), uvloop")
     )
-    assert "60.0 (20.0–80.0) | 1.50× | 0.60× | 300.0 (250.0–350.0) | 1.50× | 12.00×" in row
-    assert "75.0 (70.0–80.0) | 0.50× | 0.50×" in row
+    # Each figure: ÷ uvloop, ÷ asyncio, ÷ the kernel path on its own loop (uvloop again).
+    assert "60.0 (20.0–80.0) | 1.50× | 0.60× | 1.50× | 300.0 (250.0–350.0) | 1.50× | 12.00×" in row
+    assert "75.0 (70.0–80.0) | 0.50× | 0.50× | 0.50×" in row
+    # A kernel path has no same-loop ratio.
+    row = next(line for line in md.splitlines() if line.startswith("| asyncio UDP (stock)"))
+    assert row.endswith("| – |")
     assert "RTT p50: uvloop > asyncio-maxsize > asyncio (best first) — as on the reference" in md
     assert "**raw-uvloop**: RTT p50 1.50× uvloop's (worse); RTT p50 0.60× asyncio's (better)" in md
     assert "| asyncio | sink | 200 | 5.14 | recvfrom 1.00, mmap 1.00, mremap 1.00 |" in md

@@ -17,6 +17,7 @@ from typing import Any, Literal
 __all__ = [
     "BASELINE_STOCK",
     "BASELINE_UVLOOP",
+    "KERNEL_PATH_OF_LOOP",
     "DEFAULT_PATHS",
     "LOOP_LABELS",
     "PATHS",
@@ -217,6 +218,14 @@ PATHS: dict[str, PathSpec] = {
 #: The baselines of the ratio table (uvloop and stock asyncio, always side by side: either alone flatters).
 BASELINE_UVLOOP = "uvloop"
 BASELINE_STOCK = "asyncio"
+
+#: Each event loop's own kernel UDP path: a raw path's ratio to the kernel path on the same loop is
+#: the like-for-like figure (what changing the method name alone gains or costs that program).
+KERNEL_PATH_OF_LOOP: dict[str, str] = {
+    "asyncio": "asyncio",
+    "uvloop": "uvloop",
+    "trio": "anyio-trio",
+}
 
 #: The paths a default run measures, in report order (kernel paths first).
 DEFAULT_PATHS: tuple[str, ...] = tuple(PATHS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rawtransport.bench.paths import KERNEL_PATH_OF_LOOP
 from rawtransport.bench.stats import Spread, ratio, spread
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "kernel_ordering",
     "ratio_rows",
     "render_markdown",
+    "same_loop_kernel",
 ]
 
 #: The figures summarised over repetitions, per workload, with their labels.
@@ -88,22 +90,37 @@ def _headline(agg: Aggregate, workload: str, family: int, size: int, path: str) 
     )
 
 
+def same_loop_kernel(path_info: Mapping[str, Mapping[str, Any]], path: str) -> str | None:
+    """The kernel path on ``path``'s event loop, for a raw path (``None`` for a kernel path)."""
+    info = path_info.get(path, {})
+    if not str(info.get("api", "")).startswith("raw"):
+        return None
+    return KERNEL_PATH_OF_LOOP.get(str(info.get("loop")))
+
+
 def ratio_rows(
-    agg: Aggregate, paths: list[str], family: int, size: int, baselines: tuple[str, str]
+    agg: Aggregate,
+    paths: list[str],
+    family: int,
+    size: int,
+    baselines: tuple[str, str],
+    own: Mapping[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per path, each workload's headline median and its ratio to each baseline's median.
+    """Per path, each workload's headline median and its ratio to each baseline's median, and
+    (``workload/own``) to the median of ``own[path]``, the kernel path on its loop.
 
     A ratio is ``path / baseline``: below 1 is better for RTT, above 1 is better for kpps.
     """
     rows = []
     for path in paths:
         row: dict[str, Any] = {"path": path}
+        own_base = (own or {}).get(path)
         for workload in ("rtt", "rx", "tx"):
             mine = _headline(agg, workload, family, size, path)
             row[workload] = mine
-            for base in baselines:
-                theirs = _headline(agg, workload, family, size, base)
-                row[f"{workload}/{base}"] = ratio(
+            for key, base in [*((b, b) for b in baselines), ("own", own_base)]:
+                theirs = _headline(agg, workload, family, size, base) if base else None
+                row[f"{workload}/{key}"] = ratio(
                     mine.median if mine else None, theirs.median if theirs else None
                 )
         rows.append(row)
@@ -137,16 +154,23 @@ def kernel_ordering(agg: Aggregate, family: int, size: int) -> list[str]:
 
 
 def _verdicts(
-    agg: Aggregate, paths: list[str], family: int, size: int, uv: str, stock: str
+    agg: Aggregate,
+    paths: list[str],
+    family: int,
+    size: int,
+    uv: str,
+    stock: str,
+    own: Mapping[str, str | None],
 ) -> list[str]:
     out = []
     for path in paths:
         if not path.startswith("raw"):
             continue
         parts = []
+        bases = list(dict.fromkeys(b for b in (own.get(path), uv, stock) if b))
         for workload, noun in (("rtt", "RTT p50"), ("rx", "receive kpps"), ("tx", "send kpps")):
             mine = _headline(agg, workload, family, size, path)
-            for base in (uv, stock):
+            for base in bases:
                 theirs = _headline(agg, workload, family, size, base)
                 r = ratio(mine.median if mine else None, theirs.median if theirs else None)
                 if r is None:
@@ -175,6 +199,7 @@ def render_markdown(results: Mapping[str, Any], chart: str | None = "bench.png")
         results.get("baselines", {}).get("stock", "asyncio"),
     )
     agg = aggregate(results.get("runs", []))
+    own = {p: same_loop_kernel(path_info, p) for p in paths}
     out: list[str] = ["# rawtransport bench: the raw path against the kernel UDP path", ""]
     out.append(
         f"Run {results.get('started', '?')} ({results.get('elapsed_s', 0):.0f} s), "
@@ -209,21 +234,26 @@ def render_markdown(results: Mapping[str, Any], chart: str | None = "bench.png")
         for size in cfg.get("sizes", []):
             out += ["", f"## IPv{family}, {size} B payload", ""]
             out.append(
-                "Ratios are path ÷ baseline: for RTT lower is better, for kpps higher is better."
+                "Ratios are path ÷ baseline: for RTT lower is better, for kpps higher is better. "
+                "*÷ same loop*: a raw path against the kernel path on its own event loop (raw on "
+                "trio against anyio's UDP socket on trio), what changing the method name alone does."
             )
             out.append("")
             u, s = baselines
-            header = ["path", "RTT p50 µs", f"÷ {u}", f"÷ {s}", "receive kpps", f"÷ {u}",
-                      f"÷ {s}", "send kpps", f"÷ {u}", f"÷ {s}"]  # fmt: skip
+            header = ["path"]
+            for figure in ("RTT p50 µs", "receive kpps", "send kpps"):
+                header += [figure, f"÷ {u}", f"÷ {s}", "÷ same loop"]
             table = []
-            for row in ratio_rows(agg, paths, family, size, baselines):
+            for row in ratio_rows(agg, paths, family, size, baselines, own):
                 cells = [str(path_info.get(row["path"], {}).get("label", row["path"]))]
                 for workload in ("rtt", "rx", "tx"):
                     cells.append(fmt_spread(row[workload]))
-                    cells += [_fmt_ratio(row[f"{workload}/{b}"]) for b in baselines]
+                    cells += [_fmt_ratio(row[f"{workload}/{b}"]) for b in (*baselines, "own")]
                 table.append(cells)
             out += _table(header, table)
-            notes = kernel_ordering(agg, family, size) + _verdicts(agg, paths, family, size, u, s)
+            notes = kernel_ordering(agg, family, size) + _verdicts(
+                agg, paths, family, size, u, s, own
+            )
             if notes:
                 out += ["", *[n if n.startswith("-") else f"- {n}" for n in notes]]
             for workload, title in (
