@@ -524,6 +524,10 @@ class Host:
         self._touched.clear()
         return out
 
+    def frames_read(self) -> int:
+        """Frames read so far (the Python path's and the compiled path's)."""
+        return self.counters.received + (self.fast.taken if self.fast is not None else 0)
+
     def stats(self) -> dict[str, object]:
         """The stack-wide view: frames read, drops of frames no endpoint took (by reason), the
         neighbour table's and the reassembler's counters, and the number of endpoints."""
@@ -536,7 +540,7 @@ class Host:
             for reason, n in (reasm.dropped if reasm is not None else {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
         return {
-            "received": c.received + (self.fast.taken if self.fast is not None else 0),
+            "received": self.frames_read(),
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
             **c.events,

@@ -104,8 +104,8 @@ async def create_raw_datagram_endpoint(
     before the kernel's IP/UDP input runs (needs ``nft`` and CAP_NET_ADMIN; removed on close, and by
     the kernel if the process dies; see :mod:`rawtransport.nft`). ``busy_poll`` (µs) sets
     ``SO_BUSY_POLL`` on the receiving socket; ``spin_us`` (µs, up to 10 000) keeps polling the
-    receiver that long after each batch before yielding to the loop — lower latency for a busy
-    core, bounded by the read budget per callback.
+    receiver once per loop iteration after a wake-up, until that long has passed with no frame —
+    lower latency for a busy core (other callbacks and tasks run between polls).
 
     ``tx_mode``: ``"direct"`` (default) makes one ``send()`` syscall per datagram, inside
     ``sendto()`` — the lowest latency for request/response. ``"ring"`` copies outgoing frames into a

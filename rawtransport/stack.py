@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ _SOL_PACKET = 263
 _PACKET_FANOUT = 18
 _PACKET_FANOUT_HASH = 0
 _ARPHRD_ETHER = 1
-# The spin keeps other tasks waiting: bound it (a callback spins at most read_budget times this).
+# How long a receiver is polled after its last frame (stack_loop.LoopStack._spin_poll): a busy core.
 MAX_SPIN_US = 10_000
 
 
@@ -112,6 +111,9 @@ class RawStack:
         self.options = options
         self.tx_mode = options.tx_mode
         self.spin_us = options.spin_us
+        # spin_us polls of the receiver, and those that found frames (stats).
+        self.spin_polls = 0
+        self.spin_hits = 0
         self.receiver = receiver
         # The compiled receive path's walk of the shared ring, where there is one (read_ready()).
         self._recv_fast = (
@@ -439,39 +441,6 @@ class RawStack:
             take(view, meta, now, fanout)
         return host.take_touched()
 
-    def spin(self, budget: int) -> tuple[list[UdpEngine], int]:
-        """Busy-poll the receiver for up to ``spin_us`` µs; read up to ``budget`` frames once one
-        comes. Returns ``(engines touched, frames read)``, or ``([], 0)`` when nothing came.
-
-        This is the bounded spin of kernel-bypass stacks: it saves the sleep in ``epoll_wait`` and
-        the wake-up when the next frame is microseconds away, at the price of a busy core.
-        """
-        if self.spin_us <= 0 or budget <= 0:
-            return [], 0
-        recv = self.receiver.recv
-        clock = time.monotonic
-        deadline = clock() + self.spin_us * 1e-6
-        while True:
-            try:
-                view, meta = recv()
-            except (BlockingIOError, InterruptedError):
-                if clock() >= deadline:
-                    return [], 0
-                continue
-            break
-        now = clock()
-        receive_frame = self.host.receive_frame
-        receive_frame(view, meta, now)
-        n = 1
-        while n < budget:
-            try:
-                view, meta = recv()
-            except (BlockingIOError, InterruptedError):
-                break
-            receive_frame(view, meta, now)
-            n += 1
-        return self.host.take_touched(), n
-
     # ---------------------------------------------------------------------------------- send
     def _sender(self, ifindex: int, count: Callable[[str], None]) -> Sender:
         sender = self._senders.get(ifindex)
@@ -664,6 +633,9 @@ class RawStack:
             # ring headers it refused: neither happens with a sane kernel at a sane load.
             stats["ring_resyncs"] = self.receiver.ring_resyncs
             stats["ring_corrupt"] = dict(self.receiver.ring_corrupt)
+        if self.spin_us:
+            stats["spin_polls"] = self.spin_polls
+            stats["spin_hits"] = self.spin_hits
         return stats
 
     def close(self) -> None:

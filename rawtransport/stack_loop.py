@@ -109,13 +109,18 @@ class LoopStack:
         self._linger: asyncio.TimerHandle | None = None
         self.closed = False
         self._finalizer = weakref.finalize(loop, stack.close)
-        # The compiled receive path's walk, where the stack has one and nothing else must run per
-        # wake-up (spin_us polls after each batch): one Python frame between the loop and C.
-        self._recv_fast = stack.fast_reader if not stack.spin_us else None
-        if self._recv_fast is not None:
-            loop.add_reader(stack.receiver.fileno(), self._read_fast)
-        else:
-            loop.add_reader(stack.receiver.fileno(), self._read_ready)
+        # The compiled receive path's walk, where the stack has one: one Python frame between the
+        # loop and C per wake-up.
+        self._recv_fast = stack.fast_reader
+        self._read_shared = self._read_fast if self._recv_fast is not None else self._read_ready
+        # spin_us: after a wake-up the receiver is polled from the loop's ready queue (_spin_poll)
+        # until spin_us pass with no frame, so the tasks a batch woke run before the next poll.
+        self._spin = stack.spin_us * 1e-6
+        self._spin_until = 0.0
+        self._spinning = False
+        loop.add_reader(
+            stack.receiver.fileno(), self._read_and_spin if self._spin else self._read_shared
+        )
         loop.add_reader(stack.netlink_fileno(), self._netlink_ready)
         self._linger = loop.call_later(LINGER, self._close_if_idle)
         # Filter swaps at most once per loop iteration: scheduled before the opening endpoint's
@@ -224,9 +229,38 @@ class LoopStack:
             self._read_failed(exc, fanout)
             return
         self._deliver(touched)
-        if stack.spin_us:
-            self._spin()
         self.arm_timer()
+
+    def _read_and_spin(self) -> None:
+        """The shared receiver is readable and ``spin_us`` is set: read, then keep polling."""
+        self._read_shared()
+        self._spin_until = self.loop.time() + self._spin
+        if not self._spinning and not self.closed:
+            self._spinning = True
+            self.loop.call_soon(self._spin_poll)
+
+    def _spin_poll(self) -> None:
+        """One poll of the spin: read what came (a V2 ring's poll is one look at a slot's status,
+        nothing but a read when a frame is there) and poll again at the next loop iteration, until
+        ``spin_us`` have passed since the last frame. Each iteration runs the other ready callbacks
+        first, and the loop polls its selector without sleeping: the spin costs a busy core and
+        saves the sleep and the wake-up when the next frame is microseconds away (the bounded
+        spin of kernel-bypass stacks, and of the kernel's own busy polling, sk_busy_loop())."""
+        if self.closed:
+            self._spinning = False
+            return
+        stack = self.stack
+        before = stack.host.frames_read()
+        self._read_shared()
+        now = self.loop.time()
+        stack.spin_polls += 1
+        if stack.host.frames_read() != before:
+            stack.spin_hits += 1
+            self._spin_until = now + self._spin
+        if now < self._spin_until and not self.closed:
+            self.loop.call_soon(self._spin_poll)
+        else:
+            self._spinning = False
 
     def _read_failed(self, exc: OSError, fanout: Receiver | None) -> None:
         # A read error of the shared socket (ENETDOWN when a bound interface vanished ...): every
@@ -237,20 +271,6 @@ class LoopStack:
             # The interface the receiver is bound to is gone (packet_notifier()): its socket stays
             # readable with the error; stop reading it rather than spin.
             self.loop.remove_reader((fanout or self.stack.receiver).fileno())
-
-    def _spin(self) -> None:
-        """``spin_us``: poll for the next frame before yielding (after dispatching, so a reply
-        just sent is not delayed). Bounded: ``READ_BUDGET`` frames per callback."""
-        budget = READ_BUDGET
-        while budget > 0 and not self.closed:
-            try:
-                touched, n = self.stack.spin(budget)
-            except OSError:
-                return
-            if not n:
-                return
-            budget -= n
-            self._deliver(touched)
 
     def _deliver(self, engines: list[UdpEngine]) -> None:
         consumers = self._consumers

@@ -31,13 +31,23 @@ METRICS: dict[str, tuple[tuple[str, str], ...]] = {
         ("drop_fraction", "dropped"),
         ("cpu_sink", "sink CPU"),
         ("cpu_generator", "generator CPU"),
+        ("sink_cpu_us", "sink CPU µs/datagram"),
+        ("capacity_kpps", "capacity kpps/core"),
     ),
     "tx": (("send_kpps", "send kpps"), ("cpu_sender", "sender CPU")),
 }
 
-#: Which way is better for the headline figure of each workload.
-_LOWER_IS_BETTER = {"rtt": True, "rx": False, "tx": False}
+#: Which way is better for the headline figure of each workload (and for each metric).
+_LOWER_IS_BETTER = {"rtt": True, "rx": False, "tx": False, "p50_us": True}
 _HEADLINE = {"rtt": "p50_us", "rx": "kpps", "tx": "send_kpps"}
+#: The figures each raw path's verdict compares: the headlines, and the receive capacity (datagrams
+#: per second of the sink's own CPU), which the load generator's rate does not cap.
+_VERDICT_FIGURES = (
+    ("rtt", "p50_us", "RTT p50"),
+    ("rx", "kpps", "receive kpps"),
+    ("rx", "capacity_kpps", "receive capacity"),
+    ("tx", "send_kpps", "send kpps"),
+)
 
 Aggregate = dict[str, dict[int, dict[int, dict[str, dict[str, Spread]]]]]
 
@@ -85,9 +95,13 @@ def _fmt_ratio(r: float | None) -> str:
 
 
 def _headline(agg: Aggregate, workload: str, family: int, size: int, path: str) -> Spread | None:
-    return (
-        agg.get(workload, {}).get(family, {}).get(size, {}).get(path, {}).get(_HEADLINE[workload])
-    )
+    return _figure(agg, workload, family, size, path, _HEADLINE[workload])
+
+
+def _figure(
+    agg: Aggregate, workload: str, family: int, size: int, path: str, metric: str
+) -> Spread | None:
+    return agg.get(workload, {}).get(family, {}).get(size, {}).get(path, {}).get(metric)
 
 
 def same_loop_kernel(path_info: Mapping[str, Mapping[str, Any]], path: str) -> str | None:
@@ -168,14 +182,14 @@ def _verdicts(
             continue
         parts = []
         bases = list(dict.fromkeys(b for b in (own.get(path), uv, stock) if b))
-        for workload, noun in (("rtt", "RTT p50"), ("rx", "receive kpps"), ("tx", "send kpps")):
-            mine = _headline(agg, workload, family, size, path)
+        for workload, metric, noun in _VERDICT_FIGURES:
+            mine = _figure(agg, workload, family, size, path, metric)
             for base in bases:
-                theirs = _headline(agg, workload, family, size, base)
+                theirs = _figure(agg, workload, family, size, base, metric)
                 r = ratio(mine.median if mine else None, theirs.median if theirs else None)
                 if r is None:
                     continue
-                better = (r < 1) if _LOWER_IS_BETTER[workload] else (r > 1)
+                better = (r < 1) if _LOWER_IS_BETTER.get(metric, False) else (r > 1)
                 parts.append(f"{noun} {r:.2f}× {base}'s ({'better' if better else 'worse'})")
         if parts:
             out.append(f"- **{path}**: " + "; ".join(parts) + ".")
@@ -273,7 +287,10 @@ def render_markdown(results: Mapping[str, Any], chart: str | None = "bench.png")
                     cells = [path]
                     for metric, _label in metrics:
                         pct = metric.startswith(("cpu", "drop"))
-                        cells.append(fmt_spread(per_path[path].get(metric), percent=pct))
+                        digits = 2 if metric == "sink_cpu_us" else 1
+                        cells.append(
+                            fmt_spread(per_path[path].get(metric), percent=pct, digits=digits)
+                        )
                     detail.append(cells)
                 out += _table(["path", *[label for _m, label in metrics]], detail)
     out += _syscalls_section(results, paths, path_info)
@@ -322,7 +339,11 @@ def _notes_section(results: Mapping[str, Any]) -> list[str]:
         "- RTT: ping-pong of one datagram at a time, both sides on the same path, after warm-up; "
         "receive kpps = datagrams received ÷ first-to-last arrival time; offered kpps = the "
         "veth's tx_packets ÷ generator run time; dropped = (offered − received) ÷ offered; "
-        "send kpps = the veth's tx_packets ÷ send time; CPU from /proc/stat of each pinned core."
+        "send kpps = the veth's tx_packets ÷ send time; CPU from /proc/stat of each pinned core; "
+        "sink CPU µs/datagram = the sink process's user + system time while receiving ÷ datagrams "
+        "received, and capacity = its inverse (datagrams per second of the sink's own CPU: the "
+        "generator's core also runs the veth's receive softirq, so it can cap the received rate "
+        "below what the sink could take)."
     )
     out.append(
         "- These machines are noisy: compare paths within this run (ratios), not microseconds "

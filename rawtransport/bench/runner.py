@@ -336,6 +336,11 @@ class Runner:
         span_ns = int(res.get("last_ns", 0)) - int(res.get("first_ns", 0))
         busy = st.busy_fractions(cpu0, cpu1)
         stats_ = res.get("stats") or {}
+        # The sink's own CPU time (user + system, from ready to stop) per datagram: on two cores the
+        # generator's CPU also runs the veth's receive softirq, so the offered rate can be what caps
+        # the received one; the CPU a datagram costs the receiving program is not capped by it.
+        ru = res.get("receive_rusage") or {}
+        cpu_s = float(ru.get("user_s", 0.0)) + float(ru.get("system_s", 0.0))
         figures = {
             "offered": sent,
             "offered_kpps": sent / elapsed / 1e3 if elapsed > 0 else None,
@@ -347,6 +352,8 @@ class Runner:
             "kernel_drops": stats_.get("kernel_drops"),
             "cpu_generator": busy.get(f"cpu{cfg.client_cpu}"),
             "cpu_sink": busy.get(f"cpu{cfg.server_cpu}"),
+            "sink_cpu_us": cpu_s / received * 1e6 if received and cpu_s > 0 else None,
+            "capacity_kpps": received / cpu_s / 1e3 if received and cpu_s > 0 else None,
             "sink_rusage": res.get("rusage"),
             "sink_receive_rusage": res.get("receive_rusage"),
             "sink_stats": stats_ or None,
