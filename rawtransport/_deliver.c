@@ -447,8 +447,9 @@ static int addresses_ok(const FastHost *h, const FastEntry *e, const struct rt_u
 		/* fib_validate_source(): our own address as source from the wire. */
 		if (is_local4(h, s))
 			return 0;
-		/* __udp4_lib_lookup(): the bound address, or (wildcard) one of ours. */
-		if (e->local_len ? memcmp(d, e->local, 4) != 0 : !is_local4(h, d))
+		/* __udp4_lib_lookup(): the bound address (still one of ours: an address removed
+		 * since bind() is not RTN_LOCAL in ip_route_input_slow()), or (wildcard) one of ours. */
+		if ((e->local_len && memcmp(d, e->local, 4) != 0) || !is_local4(h, d))
 			return 0;
 	} else {
 		/* ip6_rcv_core(): multicast sources, ::1 from a wire; multicast destinations are
@@ -456,7 +457,7 @@ static int addresses_ok(const FastHost *h, const FastEntry *e, const struct rt_u
 		if (s[0] == 0xFF || d[0] == 0xFF || memcmp(s, v6_loopback, 16) == 0 ||
 		    memcmp(d, v6_loopback, 16) == 0)
 			return 0;
-		if (e->local_len ? memcmp(d, e->local, 16) != 0 : !is_local6(h, d))
+		if ((e->local_len && memcmp(d, e->local, 16) != 0) || !is_local6(h, d))
 			return 0;
 	}
 	/* A connected socket takes its peer's datagrams only. */

@@ -320,6 +320,14 @@ class UdpEngine:
         elif local is not None:
             if dst != local:
                 return "wrong_address"
+            if not (
+                self._host.local.is_local(dst)
+                or (family == 4 and (self._host.local.is_broadcast(dst) or 224 <= dst[0] < 240))
+                or (family == 6 and dst[0] == 0xFF)
+            ):
+                # ip_route_input_slow(): an address removed since bind() is no longer RTN_LOCAL,
+                # and the kernel neither delivers to a socket bound to it nor forwards the datagram.
+                return "not_local"
         elif not (
             brd_input
             or self._host.local.is_local(dst)

@@ -34,8 +34,8 @@ SOURCES6 = [PEER6, OTHER6, ME6, bytes(15) + b"\x01", bytes.fromhex("ff02" + "00"
             bytes.fromhex("fe80" + "00" * 13 + "07"), MAPPED4]  # fmt: skip
 DESTS6 = [ME6, OTHER6, bytes(15) + b"\x01", bytes.fromhex("ff02" + "00" * 13 + "01"),
           bytes.fromhex("ff01" + "00" * 13 + "01")]  # fmt: skip
-PORTS4 = [5000, 5001, 5002, 5003, 7000, 9999, 6001, 8888]
-PORTS6 = [6000, 6001, 5000, 8888]
+PORTS4 = [5000, 5001, 5002, 5003, 5004, 7000, 9999, 6001, 8888]
+PORTS6 = [6000, 6001, 6002, 5000, 8888]
 FRAME_SIZE = 2048
 MAC_OFFSET = 80  # where the kernel puts an untagged frame in a V2 slot (>= TPACKET2_HDRLEN)
 
@@ -55,7 +55,8 @@ class Recorder:
 
 
 # The endpoints of one stack: every kind the socket table knows, two sharing a port (the fast
-# path leaves such ports to Python), a reuse_port one, and one bound to a device.
+# path leaves such ports to Python), a reuse_port one, one bound to a device, and two bound to
+# addresses that are not (or no longer) the host's.
 ENDPOINTS: dict[str, dict[str, Any]] = {
     "bound4": {"family": 4, "local_port": 5000, "local_ip": ME4},
     "wild4": {"family": 4, "local_port": 5001},
@@ -68,6 +69,9 @@ ENDPOINTS: dict[str, dict[str, Any]] = {
     },
     "dev4": {"family": 4, "local_port": 5003, "ifindex": IF},
     "bound6": {"family": 6, "local_port": 6000, "local_ip": ME6},
+    # Bound to addresses the host does not have (removed since bind()): nothing is delivered.
+    "gone4": {"family": 4, "local_port": 5004, "local_ip": OTHER4},
+    "gone6": {"family": 6, "local_port": 6002, "local_ip": OTHER6},
     "dual6": {"family": 6, "local_port": 6001, "dual_stack": True},
     "shared-a": {"family": 4, "local_port": 7000, "local_ip": ME4},
     "shared-b": {"family": 4, "local_port": 7000},

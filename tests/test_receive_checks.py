@@ -421,6 +421,9 @@ CASES: list[Case] = [
     Case("wildcard_not_local", lambda: v4frame(dst=bytes([198, 18, 0, 9])), "not_local",
          config={"local_ip": None}),
     Case("bound_broadcast", lambda: v4frame(dst=BCAST4), "wrong_address"),
+    # Bound to an address the host no longer has (removed after bind()): not RTN_LOCAL any more.
+    Case("bound_address_removed", lambda: v4frame(dst=bytes([198, 18, 0, 9])), "not_local",
+         config={"local_ip": bytes([198, 18, 0, 9])}),
     Case("connected_ok", v4frame, DELIVERED,
          config={"remote_ip": PEER4, "remote_port": SPORT}),
     Case("connected_other_port", lambda: v4frame(udp_kw={"sport": SPORT + 1}), "wrong_peer",
@@ -464,6 +467,8 @@ CASES: list[Case] = [
     Case("ipv6_wrong_address", lambda: v6frame(dst=PEER6), "wrong_address", family=6),
     Case("ipv6_wildcard_not_local", lambda: v6frame(dst=PEER6), "not_local", family=6,
          config={"local_ip": None}),
+    Case("ipv6_bound_address_removed", lambda: v6frame(dst=ME6[:15] + b"\x09"), "not_local",
+         family=6, config={"local_ip": ME6[:15] + b"\x09"}),
     # ---- IPv6 extension headers (exthdrs.c: ip6_parse_tlv, ipv6_rthdr_rcv; reassembly.c)
     Case("ipv6_hbh_first", lambda: v6frame(exts=[ext(0, tlv(0))]), DELIVERED, family=6),
     Case("ipv6_hbh_second", lambda: v6frame(exts=[ext(60, tlv(0)), ext(0, tlv(0))]),

@@ -264,6 +264,57 @@ def test_local_address_removed_is_enetunreach_and_nothing_leaves(
     assert len([ln for ln in lines if "UDP" in ln]) == 3, lines  # only the "before"s
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_bound_endpoint_takes_nothing_once_its_address_is_removed(
+    veth: VethPair, family: int
+) -> None:
+    # A kernel socket bound to an address gets nothing once the address is removed: the frames
+    # still come (the peer's neighbour entry is fresh) but are no longer RTN_LOCAL.
+    n = 100
+
+    async def main() -> tuple[dict[str, Any], list[bytes]]:
+        t, p = await endpoint(veth, family)
+        port = t.get_extra_info("sockname")[1]
+        peer = Peer.create(veth, family)
+        try:
+            me = (a_ip(veth, family), port)
+            dest = (b_ip(veth, family), peer.port)
+            # Both directions once (the compiled paths in use from here: a template for dest).
+            for _ in range(3):
+                peer.sock.sendto(b"before", me)
+                data, _ = await asyncio.wait_for(p.data.get(), TIMEOUT)
+                assert data == b"before"
+                assert await echo_once(t, peer, b"echo", dest) == b"echo"
+            prefix = 24 if family == 4 else 64
+            veth.run_a("ip", "addr", "del", f"{me[0]}/{prefix}", "dev", veth.if_a)
+            # The stack has seen the change once a send fails for it.
+            t.sendto(b"probe", dest)
+            exc = await asyncio.wait_for(p.errors.get(), TIMEOUT)
+            assert exc.errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+            for i in range(n):
+                peer.sock.sendto(b"after %d" % i, me)
+
+            def counted() -> int:
+                stats: dict[str, Any] = t.get_extra_info("stats")
+                return int(stats["dropped"].get("not_local", 0))
+
+            await wait_until(lambda: counted() >= n, "the datagrams counted not_local")
+            stats = t.get_extra_info("stats")
+            late = []
+            while not p.data.empty():
+                late.append(p.data.get_nowait()[0])
+        finally:
+            t.close()
+            await p.lost
+            peer.close()
+        return stats, late
+
+    stats, late = in_a(veth, main)
+    assert late == []
+    assert stats["dropped"]["not_local"] == n
+    assert stats["delivered"] == 3
+
+
 def test_receive_overflow_is_counted_and_accumulated(veth: VethPair) -> None:
     async def main() -> tuple[dict[str, Any], dict[str, Any], int]:
         t, p = await endpoint(veth, 4, rx_mode="recv", rcvbuf=4096)
