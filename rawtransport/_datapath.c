@@ -470,7 +470,7 @@ uint8_t *rt_v2_next(struct v2_walk *w, const char **bad)
  */
 PyObject *rt_v2_item(uint8_t *slot)
 {
-	uint32_t status = load_u32(slot), len = load_u32(slot + V2_LEN);
+	uint32_t status = rt_v2_status(slot), len = load_u32(slot + V2_LEN);
 	uint32_t snaplen = load_u32(slot + V2_SNAPLEN);
 	PyObject *data, *item = NULL;
 

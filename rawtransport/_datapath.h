@@ -30,6 +30,7 @@
 #define V2_LEN 4
 #define V2_SNAPLEN 8
 #define V2_MAC 12
+#define V2_VLAN_TCI 24
 #define V2_IFINDEX (32 + 4)
 #define V2_HATYPE (32 + 8)
 #define V2_PKTTYPE (32 + 10)
@@ -101,6 +102,20 @@ static inline uint16_t load_u16(const uint8_t *p)
 
 	memcpy(&v, p, 2);
 	return v;
+}
+
+/*
+ * A slot's tp_status as the Python walker reads it (ring.py, untag_priority()): a priority tag
+ * (VLAN id 0) reads as no tag, as __netif_receive_skb_core() clears such a tag and delivers the
+ * frame; only a tag with a VLAN id keeps TP_STATUS_VLAN_VALID (no VLAN device: dropped).
+ */
+static inline uint32_t rt_v2_status(const uint8_t *slot)
+{
+	uint32_t status = load_u32(slot);
+
+	if ((status & TP_STATUS_VLAN_VALID) && (load_u16(slot + V2_VLAN_TCI) & 0x0FFF) == 0)
+		status &= ~(uint32_t)TP_STATUS_VLAN_VALID;
+	return status;
 }
 
 /* Give a slot back: everything read from it happens before the kernel may refill it. */

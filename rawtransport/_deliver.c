@@ -635,7 +635,7 @@ PyObject *rt_v2_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		m.ifindex = (int)load_u32(slot + V2_IFINDEX);
 		m.pkttype = slot[V2_PKTTYPE];
 		m.hatype = load_u16(slot + V2_HATYPE);
-		m.status = load_u32(slot);
+		m.status = rt_v2_status(slot);
 		m.truncated = snaplen < load_u32(slot + V2_LEN);
 		frame = slot + load_u16(slot + V2_MAC);
 		e = fast_match(host, &m, frame, (Py_ssize_t)snaplen, &u);

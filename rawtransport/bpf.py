@@ -99,8 +99,13 @@ BPF_MAXINSNS: Final = 4096
 # Ancillary loads: ``ld [SKF_AD_OFF + n]`` reads skb metadata instead of packet bytes.
 SKF_AD_OFF: Final = -0x1000
 SKF_AD_PKTTYPE: Final = 4
+SKF_AD_VLAN_TAG: Final = 44  # the tag's TCI (skb->vlan_tci), 0 without one
 SKF_AD_VLAN_TAG_PRESENT: Final = 48
-_ANC_NAMES: Final = {SKF_AD_PKTTYPE: "type", SKF_AD_VLAN_TAG_PRESENT: "vlan_avail"}
+_ANC_NAMES: Final = {
+    SKF_AD_PKTTYPE: "type",
+    SKF_AD_VLAN_TAG: "vlan_tci",
+    SKF_AD_VLAN_TAG_PRESENT: "vlan_avail",
+}
 
 # linux/if_packet.h packet types, as the ancillary ``type`` load reports them.
 PACKET_OTHERHOST: Final = 3
@@ -623,14 +628,19 @@ def ret_a() -> Instruction:
 
 # --------------------------------------------------------------------------------- interpreter
 def run(
-    program: Program, packet: bytes, *, pkttype: int = 0, vlan_tag_present: bool = False
+    program: Program,
+    packet: bytes,
+    *,
+    pkttype: int = 0,
+    vlan_tag_present: bool = False,
+    vlan_tci: int = 0,
 ) -> int:
     """Run ``program`` over ``packet`` as the kernel would; return the accepted length (0 = drop).
 
     The kernel truncates a packet to the filter's return value, so the result is
     ``min(ret, len(packet))``. A load past the end of the packet ends the program with 0, as in
-    the kernel's ``bpf_skb_load_helper``. ``pkttype`` and ``vlan_tag_present`` are what the
-    ancillary loads ``ld type`` and ``ld vlan_avail`` see. Raises ``ValueError`` for operations it
+    the kernel's ``bpf_skb_load_helper``. ``pkttype``, ``vlan_tag_present`` and ``vlan_tci`` are what
+    the ancillary loads ``ld type``, ``ld vlan_avail`` and ``ld vlan_tci`` see. Raises ``ValueError`` for operations it
     does not implement.
     """
     insns = program.raw
@@ -651,6 +661,8 @@ def run(
                         a = pkttype
                     elif anc == SKF_AD_VLAN_TAG_PRESENT:
                         a = int(vlan_tag_present)
+                    elif anc == SKF_AD_VLAN_TAG:
+                        a = vlan_tci if vlan_tag_present else 0
                     else:
                         raise ValueError(f"unsupported negative load offset {off}")
                     continue

@@ -13,10 +13,13 @@ Example, ``endpoint_filter(family=4, local_ip=bytes([198, 18, 0, 1]), local_port
 accept_vlan=False)``::
 
     ld type
-    jeq #0x3 jt 15 jf 0
-    jeq #0x4 jt 14 jf 0
+    jeq #0x3 jt 18 jf 0
+    jeq #0x4 jt 17 jf 0
     ld vlan_avail
-    jeq #0x1 jt 12 jf 0
+    jeq #0x0 jt 3 jf 0
+    ld vlan_tci
+    and #0xfff
+    jeq #0x0 jt 0 jf 12
     ldh [12]
     jeq #0x800 jt 0 jf 10
     ld [30]
@@ -56,9 +59,11 @@ from rawtransport.bpf import (
     PACKET_OTHERHOST,
     PACKET_OUTGOING,
     SKF_AD_PKTTYPE,
+    SKF_AD_VLAN_TAG,
     SKF_AD_VLAN_TAG_PRESENT,
     Item,
     Program,
+    and_,
     assemble,
     ja,
     jeq,
@@ -73,6 +78,7 @@ from rawtransport.bpf import (
     ldx_msh,
     ret,
 )
+from rawtransport.engine_types import VLAN_VID_MASK
 
 __all__ = ["FilterEntry", "drop_all", "endpoint_filter", "stack_filter"]
 
@@ -245,7 +251,16 @@ def _link(
         jeq(PACKET_OUTGOING, "reject"),
     ]
     if not accept_vlan:
-        items += [ld_anc(SKF_AD_VLAN_TAG_PRESENT), jeq(1, "reject")]
+        # A tag in metadata: only a priority tag (VLAN id 0) passes, which
+        # __netif_receive_skb_core() clears before delivering the frame as untagged.
+        items += [
+            ld_anc(SKF_AD_VLAN_TAG_PRESENT),
+            jeq(0, "untagged"),
+            ld_anc(SKF_AD_VLAN_TAG),
+            and_(VLAN_VID_MASK),
+            jeq(0, None, "reject"),
+            label("untagged"),
+        ]
     items.append(ldh(12))
     if accept_vlan:
         items += [jeq(ETH_P_8021Q, "tagged"), jeq(ETH_P_8021AD, "tagged")]

@@ -27,6 +27,7 @@ __all__ = [
     "TP_STATUS_CSUMNOTREADY",
     "TP_STATUS_CSUM_VALID",
     "TP_STATUS_VLAN_VALID",
+    "VLAN_VID_MASK",
     "V4MAPPED_PREFIX",
     "V6_LOOPBACK",
     "ZERO4",
@@ -38,6 +39,7 @@ __all__ = [
     "OutgoingFrame",
     "ipv6_text",
     "v4_loopback",
+    "untag_priority",
     "v4_martian_source",
 ]
 
@@ -49,6 +51,8 @@ PACKET_OTHERHOST = 3
 PACKET_OUTGOING = 4
 TP_STATUS_CSUMNOTREADY = 0x08
 TP_STATUS_VLAN_VALID = 0x10
+#: The VLAN id bits of a tag's TCI (the others are the priority and DEI).
+VLAN_VID_MASK = 0x0FFF
 TP_STATUS_CSUM_VALID = 0x80
 # The kernel vouches for the L4 checksum: either it was never computed because the frame is local and
 # offloaded (CHECKSUM_PARTIAL: tpacket_rcv() sets TP_STATUS_CSUMNOTREADY), or the device already verified it.
@@ -60,6 +64,16 @@ ARPHRD_LOOPBACK = 772
 # Largest UDP payloads: 65535 - 20 (IPv4 header) - 8; IPv6's payload-length field bounds it to 65535 - 8.
 MAX_UDP4_PAYLOAD = 65507
 MAX_UDP6_PAYLOAD = 65527
+
+
+def untag_priority(status: int, tci: int) -> int:
+    """``status`` (``tp_status``) of a frame whose tag's TCI is ``tci``, with
+    ``TP_STATUS_VLAN_VALID`` cleared for a priority tag (VLAN id 0): __netif_receive_skb_core()
+    clears such a tag and delivers the frame as untagged (IEEE 802.1Q priority tagging); only a
+    tag with a VLAN id reads as tagged."""
+    if status & TP_STATUS_VLAN_VALID and not tci & VLAN_VID_MASK:
+        return status & ~TP_STATUS_VLAN_VALID
+    return status
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Final
 
 from rawtransport.bpf import Program
 from rawtransport.bpf_filter import drop_all
-from rawtransport.engine_types import FrameMeta
+from rawtransport.engine_types import FrameMeta, untag_priority
 from rawtransport.ring import frame_meta
 
 __all__ = [
@@ -121,7 +121,8 @@ class SocketReader:
         truncated = n > len(self._buf) or bool(flags & socket.MSG_TRUNC)
         for level, kind, data in anc:
             if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
-                status, tp_len, snaplen, _mac, _net, _tci, _tpid = _AUXDATA.unpack_from(data)
+                status, tp_len, snaplen, _mac, _net, tci, _tpid = _AUXDATA.unpack_from(data)
+                status = untag_priority(status, tci)
                 truncated = truncated or snaplen < tp_len
         ifname, _proto, pkttype, hatype = addr[0], addr[1], addr[2], addr[3]
         meta = frame_meta(self._ifindex(ifname), pkttype, status, hatype, truncated)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from rawtransport.datapath import ACCEL
-from rawtransport.engine_types import FrameMeta
+from rawtransport.engine_types import TP_STATUS_VLAN_VALID, FrameMeta, untag_priority
 from rawtransport.errors import MalformedPacketError
 
 __all__ = [
@@ -131,8 +131,8 @@ TPACKET3_HDRLEN: Final = tpacket_align(TPACKET3_HDR.size) + SOCKADDR_LL.size
 
 # Fast paths: one unpack per frame reads the status fields and the parts of sockaddr_ll we need
 # (ifindex, hatype, pkttype). Their layouts are the structs above, concatenated.
-_V2_FRAME = struct.Struct("=III HH 8x 8x 4x iHB 9x".replace(" ", ""))
-_V3_PACKET = struct.Struct("=I 8x IIIH 2x 20x 4x iHB 9x".replace(" ", ""))
+_V2_FRAME = struct.Struct("=III HH 8x H 6x 4x iHB 9x".replace(" ", ""))
+_V3_PACKET = struct.Struct("=I 8x IIIH 2x 4x I 12x 4x iHB 9x".replace(" ", ""))
 _U32 = struct.Struct("=I")
 # block_status, num_pkts, offset_to_first_pkt, blk_len
 _BLOCK_HDR = struct.Struct("=8xIIII")
@@ -444,11 +444,13 @@ class V2Walker(_Resync):
             base = offsets[index]
             # The status word is read first; the kernel publishes it last (smp_wmb() before
             # __packet_set_status() in tpacket_rcv()), so the rest is complete once it says USER.
-            status, tp_len, snaplen, mac, _net, ifindex, hatype, pkttype = _V2_FRAME.unpack_from(
-                buf, base
+            status, tp_len, snaplen, mac, _net, tci, ifindex, hatype, pkttype = (
+                _V2_FRAME.unpack_from(buf, base)
             )
             if not status & TP_STATUS_USER:
                 return None
+            if status & TP_STATUS_VLAN_VALID:
+                status = untag_priority(status, tci)
             if index + 1 < count:
                 self._index = index + 1
             else:
@@ -711,9 +713,11 @@ class V3Walker(_Resync):
         if pos + TPACKET3_HDRLEN > end:
             self._corrupt_block("ring_packet_bounds", f"header at {pos} past block end {end}")
             return None
-        next_off, snaplen, tp_len, status, mac, ifindex, hatype, pkttype = _V3_PACKET.unpack_from(
-            self._buf, pos
+        next_off, snaplen, tp_len, status, mac, tci, ifindex, hatype, pkttype = (
+            _V3_PACKET.unpack_from(self._buf, pos)
         )
+        if status & TP_STATUS_VLAN_VALID:
+            status = untag_priority(status, tci)
         if mac < TPACKET3_HDRLEN:
             self._corrupt_block("ring_mac_offset", f"tp_mac {mac} inside the header")
             return None

@@ -580,7 +580,11 @@ def test_pkttype_otherhost_and_outgoing_are_rejected(pkttype: int, expected: boo
 def test_vlan_policy() -> None:
     strict = endpoint_filter(family=4, local_ip=A4, local_port=PORT, accept_vlan=False)
     assert accepts(strict, udp4())
-    assert not accepts(strict, udp4(), vlan_tag_present=True)
+    assert not accepts(strict, udp4(), vlan_tag_present=True, vlan_tci=5)
+    assert not accepts(strict, udp4(), vlan_tag_present=True, vlan_tci=0xA005)
+    # A priority tag (VLAN id 0, any priority) is cleared by the kernel: the frame is untagged.
+    assert accepts(strict, udp4(), vlan_tag_present=True, vlan_tci=0)
+    assert accepts(strict, udp4(), vlan_tag_present=True, vlan_tci=0xA000)
     assert not accepts(strict, udp4(tags=((0x8100, 5),)))
     assert accepts(V4, udp4(), vlan_tag_present=True)
 

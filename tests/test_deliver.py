@@ -106,18 +106,19 @@ def dispatch(h: Host, engines: dict[str, UdpEngine], log: list[tuple[object, ...
                 log.append(("report", type(exc).__name__))
 
 
-# One slot: (frame, ifindex, pkttype, status, hatype, tp_len or None for len(frame)).
-Slot = tuple[bytes, int, int, int, int, int | None]
+# One slot: (frame, ifindex, pkttype, status, hatype, tp_len or None for len(frame), tp_vlan_tci).
+Slot = tuple[bytes, int, int, int, int, int | None, int]
 
 
 def ring_of(slots: Sequence[Slot]) -> tuple[RingGeometry, bytearray]:
     g = RingGeometry(version=2, block_size=1 << 16, block_count=1, frame_size=FRAME_SIZE)
     assert len(slots) <= g.frame_count
     buf = bytearray(g.size)
-    for i, (frame, ifindex, pkttype, status, hatype, tp_len) in enumerate(slots):
+    for i, (frame, ifindex, pkttype, status, hatype, tp_len, tci) in enumerate(slots):
         base = g.frame_offset(i)
         snap = min(len(frame), FRAME_SIZE - MAC_OFFSET)
         struct.pack_into("=IIIHH", buf, base, 0, tp_len or len(frame), snap, MAC_OFFSET, 0)
+        struct.pack_into("=H", buf, base + 24, tci)
         struct.pack_into("=iHB", buf, base + 36, ifindex, hatype, pkttype)
         buf[base + MAC_OFFSET : base + MAC_OFFSET + snap] = frame[:snap]
         struct.pack_into("=I", buf, base, status | 1)  # TP_STATUS_USER last, as the kernel
@@ -204,7 +205,9 @@ def slots(draw: st.DrawFn) -> Slot:
     status = draw(often(0, [0x8, 0x80, 0x10], 19))
     hatype = draw(often(1, [772, 776], 19))
     tp_len = draw(often(None, [len(frame) + 10], 19))
-    return bytes(frame), ifindex, pkttype, status, hatype, tp_len
+    # A tag's TCI: a priority tag (VLAN id 0, the frame is untagged) or a VLAN id (dropped).
+    tci = draw(st.sampled_from([0, 0xA000, 5, 0x2FFF])) if status & 0x10 else 0
+    return bytes(frame), ifindex, pkttype, status, hatype, tp_len, tci
 
 
 @settings(max_examples=400, deadline=None)
@@ -261,11 +264,19 @@ def test_the_fast_path_takes_the_common_frames() -> None:
     """The frames the fast path is for are delivered by it (not all handed back to Python), to
     the right endpoint, including after a frame it leaves to Python."""
     common = [
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"a"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER6, ME6, 4000, 6000, b"b"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 7000, b"c"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5002, b"d"), IF, 0, 0x80, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"e"), IF, 0, 0, 1, None),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"a"), IF, 0, 0, 1, None, 0),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER6, ME6, 4000, 6000, b"b"), IF, 0, 0, 1, None, 0),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 7000, b"c"), IF, 0, 0, 1, None, 0),
+        (
+            build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5002, b"d"),
+            IF,
+            0,
+            0x80,
+            1,
+            None,
+            0,
+        ),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"e"), IF, 0, 0, 1, None, 0),
     ]
     log, stats, taken = run_compiled(common, 64)
     assert taken == 4  # port 7000 has two endpoints: the Python path's
@@ -289,8 +300,8 @@ def test_a_protocol_that_stops_the_program_stops_the_walk_where_it_was() -> None
 
     engines["bound4"].set_fast_protocol(Stop(), lambda exc: None)
     frames = [
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"x"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"y"), IF, 0, 0, 1, None),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"x"), IF, 0, 0, 1, None, 0),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"y"), IF, 0, 0, 1, None, 0),
     ]
     g, buf = ring_of(frames)
     walker = V2Walker(buf, g)
@@ -306,8 +317,8 @@ def test_an_endpoint_without_a_protocol_gets_its_frames_through_python() -> None
     engines["bound4"].set_fast_protocol(None, lambda exc: None)
     engines["wild4"].close()
     frames = [
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"x"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"y"), IF, 0, 0, 1, None),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"x"), IF, 0, 0, 1, None, 0),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"y"), IF, 0, 0, 1, None, 0),
     ]
     g, buf = ring_of(frames)
     walker = V2Walker(buf, g)
@@ -331,7 +342,7 @@ def test_host_snapshot_changes_reach_the_fast_view() -> None:
     h, engines, _log = world(fast=True)
     frame = build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"z")
     h.set_local_addresses(LocalAddresses())
-    g, buf = ring_of([(frame, IF, 0, 0, 1, None)])
+    g, buf = ring_of([(frame, IF, 0, 0, 1, None, 0)])
     taken, slow = V2Walker(buf, g).deliver_batch(8, h.fast)
     assert taken == 0
     assert slow is not None
@@ -344,10 +355,18 @@ def test_no_reference_or_memory_leak_in_the_walk() -> None:
     protocols', payloads' and host's reference counts unchanged."""
     h, _engines, log = world(fast=True)
     frames = [
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"a"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"raise"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER6, ME6, 4000, 6000, b"b"), IF, 0, 0, 1, None),
-        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 8888, b"c"), IF, 0, 0, 1, None),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5000, b"a"), IF, 0, 0, 1, None, 0),
+        (
+            build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 5001, b"raise"),
+            IF,
+            0,
+            0,
+            1,
+            None,
+            0,
+        ),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER6, ME6, 4000, 6000, b"b"), IF, 0, 0, 1, None, 0),
+        (build_udp(b"\x02" * 6, b"\x04" * 6, PEER4, ME4, 4000, 8888, b"c"), IF, 0, 0, 1, None, 0),
     ]
     g, template = ring_of(frames)
 

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rawtransport import ring
-from rawtransport.engine_types import FrameMeta
+from rawtransport.datapath import DATAPATH
+from rawtransport.engine_types import TP_STATUS_VLAN_VALID, FrameMeta
 from rawtransport.ring import (
     MAX_RING_BYTES,
     RESYNC_AFTER,
@@ -167,6 +168,7 @@ def _v2_frame(
     tp_len: int | None = None,
     ifindex: int = 7,
     pkttype: int = PACKET_HOST,
+    tci: int = 0,
 ) -> int:
     """Write a tpacket2_hdr frame the way tpacket_rcv() does; return the payload's offset."""
     base = geometry.frame_offset(index)
@@ -175,6 +177,7 @@ def _v2_frame(
     _u32(buf, base + 8, snap)  # tp_snaplen
     _u16(buf, base + 12, mac)  # tp_mac
     _u16(buf, base + 14, (mac + 14) & 0xFFFF)  # tp_net
+    _u16(buf, base + 24, tci)  # tp_vlan_tci
     _sll(buf, base + 32, ifindex, ARPHRD_ETHER, pkttype)
     if mac >= 0 and base + mac + len(payload) <= len(buf):
         buf[base + mac : base + mac + len(payload)] = payload
@@ -384,6 +387,7 @@ def _v3_block(
     status: int = TP_STATUS_USER,
     pkt_status: int = TP_STATUS_USER,
     mac: int = 82,
+    tci: int = 0,
 ) -> list[int]:
     """Fill a block as prb_fill_curr_block()/prb_close_block() do; return the payload offsets."""
     base = block * geometry.block_size
@@ -399,6 +403,7 @@ def _v3_block(
         _u32(buf, p + 20, pkt_status)  # tp_status
         _u16(buf, p + 24, mac)  # tp_mac
         _u16(buf, p + 26, (mac + 14) & 0xFFFF)  # tp_net
+        _u32(buf, p + 32, tci)  # hv1.tp_vlan_tci
         _sll(buf, p + 48, 3 + i, ARPHRD_ETHER, PACKET_BROADCAST)
         buf[p + mac : p + mac + len(payload)] = payload
         offsets.append(p + mac)
@@ -418,6 +423,30 @@ def _block_status(buf: bytearray, geometry: RingGeometry, block: int) -> int:
 def _packet_at(buf: bytearray, offset: int) -> int:
     """Offset of the tpacket3_hdr of the first packet of the block containing ``offset``."""
     return offset // V3.block_size * V3.block_size + _BLOCK_HDR
+
+
+@pytest.mark.parametrize(
+    ("tci", "tagged"), [(0, False), (0xA000, False), (5, True), (0xE005, True)]
+)
+def test_walkers_read_a_priority_tag_as_none(tci: int, tagged: bool) -> None:
+    """A tag with VLAN id 0 (priority only) is cleared by __netif_receive_skb_core() and the
+    frame delivered untagged: the walkers' status says TP_STATUS_VLAN_VALID only for a VLAN id."""
+    vlan = TP_STATUS_USER | TP_STATUS_VLAN_VALID
+    buf = bytearray(V2.size)
+    _v2_frame(buf, V2, 0, b"x", status=vlan, tci=tci)
+    got = V2Walker(buf, V2).next_frame()
+    assert got is not None
+    assert bool(got[2].status & TP_STATUS_VLAN_VALID) is tagged
+    if DATAPATH == "compiled":
+        buf = bytearray(V2.size)
+        _v2_frame(buf, V2, 0, b"x", status=vlan, tci=tci)
+        ((_data, meta),) = V2Walker(buf, V2).next_batch(8)
+        assert bool(meta.status & TP_STATUS_VLAN_VALID) is tagged
+    buf = bytearray(V3.size)
+    _v3_block(buf, V3, 0, [b"x"], pkt_status=vlan, tci=tci)
+    got = V3Walker(buf, V3).next_frame()
+    assert got is not None
+    assert bool(got[2].status & TP_STATUS_VLAN_VALID) is tagged
 
 
 def test_v3_block_not_ready() -> None:
