@@ -63,7 +63,7 @@ def test_priority_tagged_frames_are_delivered_and_vlan_tagged_ones_dropped(
                 port = t.get_extra_info("sockname")[1]
                 for frame in [*frames(port, b"raw"), *frames(port, b"last")[1:2]]:
                     injector.send(frame)
-                got = []
+                got: list[bytes] = []
                 while not got or got[-1] != b"last 0x0000":
                     data, _addr = await asyncio.wait_for(p.data.get(), TIMEOUT)
                     got.append(data)
@@ -79,7 +79,7 @@ def test_priority_tagged_frames_are_delivered_and_vlan_tagged_ones_dropped(
         kport = kernel.getsockname()[1]
         for frame in [*frames(kport, b"kernel"), *frames(kport, b"last")[1:2]]:
             injector.send(frame)
-        kgot = []
+        kgot: list[bytes] = []
         while not kgot or kgot[-1] != b"last 0x0000":
             kgot.append(kernel.recv(2048))
     finally:
