@@ -765,6 +765,8 @@ def udp4_frames(draw: st.DrawFn) -> tuple[bytes, dict[str, object]]:
         ),
         "pkttype": draw(st.integers(0, 4)),
         "offloaded": draw(st.booleans()),
+        # The offloaded tag's TCI: a priority tag (VLAN id 0) passes as untagged.
+        "tci": draw(st.sampled_from([0, 0xA000, 5, 0xE0FF])),
     }
     packet = ipv4(
         facts["src"],  # type: ignore[arg-type]
@@ -783,7 +785,8 @@ def _model(facts: dict[str, object], cfg: dict[str, object]) -> bool:
     assert isinstance(tags, tuple)
     if facts["pkttype"] in (3, 4) or len(tags) > 1:
         return False
-    if not cfg["accept_vlan"] and (tags or facts["offloaded"]):
+    tagged = facts["offloaded"] and facts["tci"] & 0x0FFF  # type: ignore[operator]
+    if not cfg["accept_vlan"] and (tags or tagged):
         return False
     if cfg["local_ip"] is not None and facts["dst"] != cfg["local_ip"]:
         return False
@@ -825,6 +828,7 @@ def test_ipv4_filter_agrees_with_the_model(
         frame,
         pkttype=facts["pkttype"],  # type: ignore[arg-type]
         vlan_tag_present=facts["offloaded"],  # type: ignore[arg-type]
+        vlan_tci=facts["tci"],  # type: ignore[arg-type]
     )
     assert got is _model(facts, cfg)
 
