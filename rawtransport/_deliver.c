@@ -460,9 +460,11 @@ static int addresses_ok(const FastHost *h, const FastEntry *e, const struct rt_u
 		if ((e->local_len && memcmp(d, e->local, 16) != 0) || !is_local6(h, d))
 			return 0;
 	}
-	/* A connected socket takes its peer's datagrams only. */
+	/* A connected socket takes its peer's datagrams only (from any port when connected to
+	 * port 0, as compute_score() skips an inet_dport of 0). */
 	if (e->remote_len &&
-	    (memcmp(s, e->remote, (size_t)u->alen) != 0 || u->sport != e->remote_port))
+	    (memcmp(s, e->remote, (size_t)u->alen) != 0 ||
+	     (e->remote_port && u->sport != e->remote_port)))
 		return 0;
 	return 1;
 }

@@ -188,7 +188,8 @@ class UdpEngine:
         if cfg.remote_ip is not None:
             if src != mapped_remote(cfg.remote_ip, 4 if len(dst) == 4 else 6, cfg.family):
                 return -1
-            if sport != cfg.remote_port:
+            # A socket connected to port 0 matches any source port (inet_dport 0 in compute_score()).
+            if cfg.remote_port and sport != cfg.remote_port:
                 return -1
             score += 8
         if cfg.ifindex:
@@ -337,7 +338,7 @@ class UdpEngine:
             return "not_local"
         if cfg.remote_ip is not None:
             remote = mapped_remote(cfg.remote_ip, family, cfg.family)
-            if src != remote or sport != cfg.remote_port:
+            if src != remote or (cfg.remote_port and sport != cfg.remote_port):
                 return "wrong_peer"
         return None
 

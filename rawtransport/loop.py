@@ -218,7 +218,7 @@ async def create_raw_datagram_endpoint(
             raise exceptions[0]
         assert guard_sock is not None
         guard = guard_sock
-        remote = _raw_peer(guard) if (r_addr is not None and not allow_broadcast) else None
+        remote = _raw_peer(guard, r_addr) if (r_addr is not None and not allow_broadcast) else None
 
     try:
         options = stack_options(
@@ -306,8 +306,15 @@ def _close_opened(opening: asyncio.Future[Receiver]) -> None:
         opening.result().close()
 
 
-def _raw_peer(sock: socket.socket) -> tuple[bytes, int]:
-    host, port = sock.getpeername()[:2]
+def _raw_peer(sock: socket.socket, connected_to: Any = None) -> tuple[bytes, int]:
+    """The guard's peer as (raw address, port). A UDP socket connected to port 0 has one, but
+    getpeername() says ENOTCONN (inet_getname() wants a port): ``connected_to`` then says it."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        if connected_to is None:
+            raise
+        host, port = connected_to[0], 0
     return socket.inet_pton(sock.family, host.split("%")[0]), port
 
 

@@ -19,7 +19,9 @@ produced before returning. Each flush is one ``write_frames()`` call, one kick o
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections import deque
 from typing import Any, final
 
@@ -235,15 +237,23 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
+        if addr is None:
+            # send(2) on an unconnected UDP socket: udp_sendmsg() returns -EDESTADDRREQ.
+            self._error_received(OSError(errno.EDESTADDRREQ, os.strerror(errno.EDESTADDRREQ)))
+            return
         try:
             self._ep.send(data, addr, self._loop.time())
         except OSError as exc:
             self._error_received(exc)
             return
+        except (TypeError, ValueError, OverflowError):
+            # The caller's mistake (a malformed address, a port out of range): raised to the
+            # caller as socket.sendto() raises it, and the transport stays open. The stdlib's
+            # transport closes itself on these (_fatal_error()); uvloop raises them, as here.
+            raise
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            # socket.sendto() raising TypeError for a bad address ends a stdlib transport this way too.
             self._fatal_error(exc, "Fatal write error on datagram transport")
             return
         if self._batch:

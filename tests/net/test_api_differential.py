@@ -1,0 +1,566 @@
+"""The asyncio contract, differentially: each call made on a kernel endpoint and on a raw one.
+
+Every case below is an ``async`` function of a :class:`Ctx`: it opens endpoints with
+``ctx.open(...)`` (``loop.create_datagram_endpoint`` for the kernel run, the raw path's
+``create_raw_datagram_endpoint`` for the raw run, same arguments), makes its calls and returns what
+it saw. The runner records, for each run: the value returned or the exception raised (type and
+errno), what the protocol was told (``error_received`` errnos, ``connection_lost``), whether the
+transport is closing, and what a kernel UDP socket in namespace B received (collected up to a
+marker the endpoint sends last, so no wait is a sleep). Both runs, on the same event loop kind in the
+same namespaces, must give the same record, except where :data:`BY_DESIGN` names the difference and
+its reason (each also in the README's "differences by design"); such a case must still differ, so an
+entry goes the day the difference does.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import gc
+import socket
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvloop
+
+from rawtransport import create_raw_datagram_endpoint
+from tests.net.conformance import Peer, Recorder
+from tests.netns import VethPair, setns, veth_pair
+
+TIMEOUT = 10.0
+MARKER = b"--marker--"
+
+Case = Callable[["Ctx"], Awaitable[Any]]
+CASES: dict[str, tuple[Case, int]] = {}
+
+
+def case(*families: int) -> Callable[[Case], Case]:
+    """Register a case for each of ``families`` (default IPv4) as ``name[-v6]``."""
+
+    def register(fn: Case) -> Case:
+        for family in families or (4,):
+            name = fn.__name__ + ("-v6" if family == 6 else "")
+            CASES[name] = (fn, family)
+        return fn
+
+    return register
+
+
+@dataclass
+class Ctx:
+    """What a case runs with: the implementation, the pair, the family and a kernel peer in B."""
+
+    impl: str
+    veth: VethPair
+    family: int
+    peer: Peer
+    opened: list[tuple[asyncio.BaseTransport, Recorder]] = field(default_factory=list)
+
+    @property
+    def af(self) -> int:
+        return socket.AF_INET if self.family == 4 else socket.AF_INET6
+
+    @property
+    def a(self) -> str:
+        return self.veth.ip4_a if self.family == 4 else self.veth.ip6_a
+
+    @property
+    def b(self) -> str:
+        return self.veth.ip4_b if self.family == 4 else self.veth.ip6_b
+
+    @property
+    def dest(self) -> tuple[str, int]:
+        return (self.b, self.peer.port)
+
+    async def open(self, **kwargs: Any) -> tuple[Any, Recorder]:
+        loop = asyncio.get_running_loop()
+        if self.impl == "kernel":
+            t, p = await loop.create_datagram_endpoint(Recorder, **kwargs)
+        else:
+            t, p = await create_raw_datagram_endpoint(Recorder, **kwargs)
+        self.opened.append((t, p))
+        return t, p
+
+    async def bound(self, **kwargs: Any) -> tuple[Any, Recorder]:
+        """An endpoint bound to A's address, the peer's neighbour resolved (one echo done)."""
+        t, p = await self.open(local_addr=(self.a, 0), **kwargs)
+        t.sendto(b"warm-up", self.dest)
+        await self.received()
+        return t, p
+
+    async def received(self, t: Any = None) -> list[bytes]:
+        """What the peer got since the last call, up to a marker sent after it by ``t`` (the
+        last endpoint opened by default; ordered with what it sent before, in both paths)."""
+        if t is None:
+            t = self.opened[-1][0]
+        if t.get_extra_info("peername") is not None:
+            t.sendto(MARKER)
+        else:
+            t.sendto(MARKER, self.dest)
+        got: list[bytes] = []
+        while True:
+            data, _ = await asyncio.wait_for(self.peer.recv(), TIMEOUT)
+            if data == MARKER:
+                return got
+            got.append(data)
+
+
+def outcome(exc: BaseException) -> tuple[str, int | None]:
+    return type(exc).__name__, getattr(exc, "errno", None)
+
+
+async def run_case(ctx: Ctx, fn: Case) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    handled: list[str] = []
+    loop.set_exception_handler(lambda _l, c: handled.append(type(c.get("exception")).__name__))
+    record: dict[str, Any] = {}
+    try:
+        record["result"] = await fn(ctx)
+    except Exception as exc:  # what the call raised is the outcome being compared
+        record["raised"] = outcome(exc)
+    record["callbacks"] = [
+        [c for c in p.calls if c[0] not in ("made", "data")] for _t, p in ctx.opened
+    ]
+    record["closing"] = [t.is_closing() for t, _p in ctx.opened]
+    record["handler"] = handled
+    for t, p in ctx.opened:
+        t.close()
+        await asyncio.wait_for(p.lost, TIMEOUT)
+    return record
+
+
+def run_both(veth: VethPair, loop_kind: str, fn: Case, family: int) -> dict[str, Any]:
+    records = {}
+    for impl in ("kernel", "raw"):
+        peer = Peer.create(veth, family)
+        try:
+            ctx = Ctx(impl, veth, family, peer)
+            with setns(veth.ns_a), warnings.catch_warnings():
+                if impl == "kernel":
+                    # uvloop leaks the transport of an endpoint whose bind() failed (its
+                    # ResourceWarning is uvloop's, not the case's): collected here, unheard.
+                    warnings.simplefilter("ignore", ResourceWarning)
+                coro = asyncio.wait_for(run_case(ctx, fn), 60)
+                records[impl] = uvloop.run(coro) if loop_kind == "uvloop" else asyncio.run(coro)
+                gc.collect()
+        finally:
+            peer.close()
+    return records
+
+
+# ------------------------------------------------------------------------------- the cases
+class Port:
+    """An object with ``__index__``: socket.sendto() takes it as a port."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+
+@case(4, 6)
+async def sendto_bytes_bytearray_memoryview(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    for data in (b"bytes", bytearray(b"bytearray"), memoryview(b"memoryview")):
+        t.sendto(data, ctx.dest)
+    return await ctx.received()
+
+
+@case(4, 6)
+async def sendto_memoryview_of_wide_items(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    t.sendto(memoryview(array.array("H", [1, 2, 3])), ctx.dest)
+    t.sendto(memoryview(b"abcdef").cast("B", (2, 3)), ctx.dest)
+    return await ctx.received()
+
+
+@case(4, 6)
+async def sendto_empty(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    t.sendto(b"", ctx.dest)
+    return await ctx.received()
+
+
+@case(4, 6)
+async def sendto_str(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto("text", ctx.dest)
+    except TypeError as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def sendto_bool_port(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto(b"bool port", (ctx.b, True))
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4, 6)
+async def sendto_index_port(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    t.sendto(b"index port", (ctx.b, Port(ctx.peer.port)))
+    return await ctx.received()
+
+
+@case(4, 6)
+async def sendto_port_out_of_range(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    raised = []
+    for port in (65536, -1, 1 << 40):
+        try:
+            t.sendto(b"x", (ctx.b, port))
+        except Exception as exc:
+            raised.append(outcome(exc))
+    return raised, await ctx.received()
+
+
+@case(4, 6)
+async def sendto_port_zero(ctx: Ctx) -> Any:
+    t, _p = await ctx.bound()
+    t.sendto(b"to port 0", (ctx.b, 0))
+    return await ctx.received()
+
+
+@case(4)
+async def sendto_bytes_host(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto(b"bytes host", (ctx.b.encode(), ctx.peer.port))
+    except Exception as exc:
+        return outcome(exc)
+    return await ctx.received()
+
+
+@case(4, 6)
+async def sendto_list_address(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto(b"list", [ctx.b, ctx.peer.port])
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4, 6)
+async def sendto_short_tuple(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto(b"short", (ctx.b,))
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def sendto_v4_with_four_tuple(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto(b"4-tuple", (ctx.b, ctx.peer.port, 0, 0))
+    except Exception as exc:
+        return outcome(exc)
+    return await ctx.received()
+
+
+@case(6)
+async def sendto_v6_two_tuple_and_flowinfo(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    t.sendto(b"2-tuple", (ctx.b, ctx.peer.port))
+    t.sendto(b"flowinfo", (ctx.b, ctx.peer.port, 0xFFFFF, 0))
+    raised = []
+    for flow in (0x100000, -1):
+        try:
+            t.sendto(b"bad flowinfo", (ctx.b, ctx.peer.port, flow, 0))
+        except Exception as exc:
+            raised.append(outcome(exc))
+    return raised, await ctx.received()
+
+
+@case(4, 6)
+async def sendto_none_unconnected(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto(b"no address")
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def sendto_other_family_address(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+    try:
+        t.sendto(b"v6 to v4", ("2001:db8::99", ctx.peer.port))
+    except Exception as exc:
+        return outcome(exc)
+    return [e for e in p.calls if e[0] == "error"]
+
+
+@case(4, 6)
+async def sendto_max_and_over(ctx: Ctx) -> Any:
+    t, _p = await ctx.bound()
+    top = 65507 if ctx.family == 4 else 65527
+    t.sendto(bytes(top), ctx.dest)
+    t.sendto(bytes(top + 1), ctx.dest)
+    got = await ctx.received()
+    return [len(g) for g in got]
+
+
+@case(4, 6)
+async def sendto_after_close(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+    t.close()
+    await asyncio.wait_for(p.lost, TIMEOUT)
+    t.sendto(b"after close", ctx.dest)
+    return t.is_closing()
+
+
+@case(4, 6)
+async def connected_send_and_sendto_own_peer(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(remote_addr=ctx.dest)
+    t.sendto(b"none")
+    t.sendto(b"peer", ctx.dest)
+    return await ctx.received()
+
+
+@case(4, 6)
+async def connected_sendto_other_address(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(remote_addr=ctx.dest)
+    try:
+        t.sendto(b"other", (ctx.b, ctx.peer.port + 1))
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4, 6)
+async def connected_remote_port_zero(ctx: Ctx) -> Any:
+    t, p = await ctx.open(remote_addr=(ctx.b, 0))
+    t.sendto(b"to port zero")
+    # Connected to port 0, a socket takes its peer's datagrams from any port (compute_score()).
+    ctx.peer.sock.sendto(b"from the peer", (ctx.a, t.get_extra_info("sockname")[1]))
+    data, _ = await asyncio.wait_for(p.data.get(), TIMEOUT)
+    return data, t.get_extra_info("peername"), [e for e in p.calls if e[0] == "error"]
+
+
+@case(4)
+async def create_local_port_out_of_range(ctx: Ctx) -> Any:
+    raised = []
+    for port in (70000, -1, 65536):
+        try:
+            await ctx.open(local_addr=(ctx.a, port))
+        except Exception as exc:
+            raised.append(outcome(exc))
+    return raised
+
+
+@case(4)
+async def create_local_port_types(ctx: Ctx) -> Any:
+    out: list[Any] = []
+    for port in ("0", None, 1.5):
+        try:
+            t, _ = await ctx.open(local_addr=(ctx.a, port))
+            out.append(type(t.get_extra_info("sockname")[1]).__name__)
+        except Exception as exc:
+            out.append(outcome(exc))
+    return out
+
+
+@case(6)
+async def create_flowinfo_out_of_range(ctx: Ctx) -> Any:
+    try:
+        await ctx.open(remote_addr=(ctx.b, ctx.peer.port, 1 << 20, 0))
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def create_without_addresses_or_family(ctx: Ctx) -> Any:
+    try:
+        await ctx.open()
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def create_family_mismatch(ctx: Ctx) -> Any:
+    try:
+        await ctx.open(local_addr=(ctx.a, 0), family=socket.AF_INET6)
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def create_reuse_address(ctx: Ctx) -> Any:
+    try:
+        await ctx.open(local_addr=(ctx.a, 0), reuse_address=True)
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def create_port_in_use(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(local_addr=(ctx.a, 0))
+    try:
+        await ctx.open(local_addr=(ctx.a, t.get_extra_info("sockname")[1]))
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4)
+async def create_unix_family(ctx: Ctx) -> Any:
+    try:
+        await ctx.open(family=socket.AF_UNIX)
+    except Exception as exc:
+        return outcome(exc)
+    return None
+
+
+@case(4, 6)
+async def extra_info(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(local_addr=(ctx.a, 0), remote_addr=ctx.dest)
+    sockname = t.get_extra_info("sockname")
+    peername = t.get_extra_info("peername")
+    sock = t.get_extra_info("socket")
+    return (
+        sockname[0], len(sockname), peername[:2] == ctx.dest, len(peername),
+        t.get_extra_info("nothing", "default"), sock.family, sock.type, t.get_write_buffer_size(),
+    )  # fmt: skip
+
+
+@case(4)
+async def write_buffer_limits(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(local_addr=(ctx.a, 0))
+    out: list[Any] = [t.get_write_buffer_limits()]
+    t.set_write_buffer_limits(high=1000)
+    out.append(t.get_write_buffer_limits())
+    try:
+        t.set_write_buffer_limits(high=10, low=20)
+    except Exception as exc:
+        out.append(outcome(exc))
+    return out
+
+
+@case(4)
+async def close_twice_and_abort(ctx: Ctx) -> Any:
+    t, p = await ctx.open(local_addr=(ctx.a, 0))
+    t.close()
+    t.close()
+    t.abort()
+    exc = await asyncio.wait_for(p.lost, TIMEOUT)
+    return t.is_closing(), exc
+
+
+@case(4)
+async def reading_flow_control(ctx: Ctx) -> Any:
+    t, _p = await ctx.bound()
+    out = [t.is_reading()]
+    t.pause_reading()
+    out.append(t.is_reading())
+    t.pause_reading()
+    t.resume_reading()
+    out.append(t.is_reading())
+    return out
+
+
+@case(4, 6)
+async def datagram_received_raises(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+    port = t.get_extra_info("sockname")[1]
+    got: list[bytes] = []
+
+    def boom(data: bytes, addr: Any) -> None:
+        got.append(data)
+        raise RuntimeError("boom")
+
+    p.datagram_received = boom  # type: ignore[method-assign]
+    ctx.peer.sock.sendto(b"to the raiser", (ctx.a, port))
+    async with asyncio.timeout(TIMEOUT):
+        while not got:  # a condition wait, not a sleep
+            await asyncio.sleep(0.005)
+    return got, t.is_closing(), await ctx.received()
+
+
+#: Differences that are there on purpose, and why (each also in the README's "differences by
+#: design"). In each, the raw transport stays open and calls no exception handler.
+_RAISES = (
+    "A caller's mistake (a malformed address, a port or flowinfo out of range) raises to the caller "
+    "as socket.sendto() raises it and leaves the transport open; the stdlib's transport passes it "
+    "to _fatal_error(), which closes the transport"
+)
+_NO_ADDRESS = (
+    "sendto() without an address on an unconnected endpoint reports EDESTADDRREQ to "
+    "error_received(), as send(2) on an unconnected UDP socket fails (and as uvloop does); the "
+    "stdlib's transport calls socket.sendto(data, None) and closes on its TypeError"
+)
+_AFTER_CLOSE = (
+    "sendto() after close() is ignored, as uvloop's transport ignores it; the stdlib's raises "
+    "AttributeError from the socket it has dropped"
+)
+BY_DESIGN: dict[str, tuple[str, bool]] = {
+    # name: (why, whether the raw transport is still open at the end of the case)
+    "sendto_port_out_of_range": (_RAISES, True),
+    "sendto_port_out_of_range-v6": (_RAISES, True),
+    "sendto_list_address": (_RAISES, True),
+    "sendto_list_address-v6": (_RAISES, True),
+    "sendto_short_tuple": (_RAISES, True),
+    "sendto_short_tuple-v6": (_RAISES, True),
+    "sendto_v4_with_four_tuple": (_RAISES, True),
+    "sendto_v6_two_tuple_and_flowinfo-v6": (_RAISES, True),
+    "sendto_none_unconnected": (_NO_ADDRESS, True),
+    "sendto_none_unconnected-v6": (_NO_ADDRESS, True),
+    "sendto_after_close": (_AFTER_CLOSE, False),
+    "sendto_after_close-v6": (_AFTER_CLOSE, False),
+    "create_unix_family": ("the raw path carries IPv4 and IPv6 only: AF_UNIX is refused", True),
+}
+
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[VethPair]:
+    with veth_pair("apidiff") as p:
+        yield p
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_raw_endpoint_behaves_as_the_kernel_endpoint(
+    pair: VethPair, loop_kind: str, name: str
+) -> None:
+    fn, family = CASES[name]
+    records = run_both(pair, loop_kind, fn, family)
+    if records["raw"] == records["kernel"]:
+        # The entries describe the stdlib loop's transport: uvloop's may agree with the raw one.
+        if loop_kind == "asyncio":
+            assert name not in BY_DESIGN, f"no longer differs, drop the entry: {BY_DESIGN[name]}"
+        return
+    if loop_kind == "uvloop":
+        # One raw transport serves both loops. Where uvloop's own transport departs from the
+        # stdlib's (exception types, missing methods, defaults), the raw one keeps its behaviour
+        # on the stdlib loop: that is what it must equal then.
+        stdlib = run_both(pair, "asyncio", fn, family)
+        if records["kernel"] != stdlib["kernel"] and records["raw"] == stdlib["raw"]:
+            records = stdlib
+            if records["raw"] == records["kernel"]:
+                return
+    assert name in BY_DESIGN, (records["raw"], records["kernel"])
+    raw = records["raw"]
+    assert not raw["handler"], raw
+    if BY_DESIGN[name][1]:
+        assert not any(raw["closing"]), raw
