@@ -192,10 +192,20 @@ class RawUdpEndpoint:
     def send(self, data: bytes | bytearray | memoryview, addr: Any, now: float) -> None:
         """Hand one datagram to the engine; frames wait in ``engine.frames_to_send()``.
 
-        Raises ``TypeError``/``OverflowError``/``socket.gaierror`` for a bad address and the
+        Raises ``BufferError`` for a buffer that is not C-contiguous,
+        ``TypeError``/``OverflowError``/``socket.gaierror`` for a bad address and the
         ``OSError`` the kernel's UDP path would have raised (EINVAL for port 0, ENETUNREACH, EMSGSIZE,
         EACCES for a broadcast without ``allow_broadcast`` …).
         """
+        if type(data) is memoryview and data.nbytes != len(data):
+            # socket.sendto() sends the buffer's bytes: an array('H') view of 3 items is 6
+            # bytes, a 2-D view all its rows. The engine counts bytes with len(); a view that is
+            # not C-contiguous is refused as socket.sendto() refuses it (PyBUF_SIMPLE).
+            if not data.c_contiguous:
+                raise BufferError("memoryview: underlying buffer is not C-contiguous")
+            data = data.tobytes()
+        elif type(data) is memoryview and not data.c_contiguous:
+            raise BufferError("memoryview: underlying buffer is not C-contiguous")
         dst, port = parse_address(addr, self.family, self._addr_cache)
         if port == 0:
             # udp_sendmsg(): "if (dport == 0) return -EINVAL"

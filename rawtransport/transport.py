@@ -224,10 +224,6 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
             # As _SelectorDatagramTransport and uvloop do on Python 3.11/3.12: an empty sendto() is
             # dropped (gh-113812). Received empty datagrams are delivered.
             return
-        if type(data) is memoryview and (data.itemsize != 1 or not data.c_contiguous):
-            # socket.sendto() sends the buffer's bytes: an array('H') view of 3 items is 6 bytes,
-            # and a strided view its elements in order. The engine counts bytes with len().
-            data = data.tobytes()
         if self._address:
             if addr not in (None, self._address):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
@@ -246,7 +242,7 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         except OSError as exc:
             self._error_received(exc)
             return
-        except (TypeError, ValueError, OverflowError):
+        except (TypeError, ValueError, OverflowError, BufferError):
             # The caller's mistake (a malformed address, a port out of range): raised to the
             # caller as socket.sendto() raises it, and the transport stays open. The stdlib's
             # transport closes itself on these (_fatal_error()); uvloop raises them, as here.

@@ -179,6 +179,16 @@ async def sendto_memoryview_of_wide_items(ctx: Ctx) -> Any:
 
 
 @case(4, 6)
+async def sendto_strided_memoryview(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    try:
+        t.sendto(memoryview(b"a-b-c")[::2], ctx.dest)
+    except Exception as exc:
+        return outcome(exc)
+    return await ctx.received()
+
+
+@case(4, 6)
 async def sendto_empty(ctx: Ctx) -> Any:
     t, _ = await ctx.bound()
     t.sendto(b"", ctx.dest)
@@ -498,9 +508,9 @@ async def datagram_received_raises(ctx: Ctx) -> Any:
 #: Differences that are there on purpose, and why (each also in the README's "differences by
 #: design"). In each, the raw transport stays open and calls no exception handler.
 _RAISES = (
-    "A caller's mistake (a malformed address, a port or flowinfo out of range) raises to the caller "
-    "as socket.sendto() raises it and leaves the transport open; the stdlib's transport passes it "
-    "to _fatal_error(), which closes the transport"
+    "A caller's mistake (a malformed address, a port or flowinfo out of range, a buffer that is "
+    "not C-contiguous) raises to the caller as socket.sendto() raises it and leaves the transport "
+    "open; the stdlib's transport passes it to _fatal_error(), which closes the transport"
 )
 _NO_ADDRESS = (
     "sendto() without an address on an unconnected endpoint reports EDESTADDRREQ to "
@@ -515,6 +525,8 @@ BY_DESIGN: dict[str, tuple[str, bool]] = {
     # name: (why, whether the raw transport is still open at the end of the case)
     "sendto_port_out_of_range": (_RAISES, True),
     "sendto_port_out_of_range-v6": (_RAISES, True),
+    "sendto_strided_memoryview": (_RAISES, True),
+    "sendto_strided_memoryview-v6": (_RAISES, True),
     "sendto_list_address": (_RAISES, True),
     "sendto_list_address-v6": (_RAISES, True),
     "sendto_short_tuple": (_RAISES, True),

@@ -192,14 +192,16 @@ def test_examples_differ_by_the_method_name_only() -> None:
 @pytest.mark.parametrize("family", [4, 6])
 def test_sendto_sends_the_bytes_of_any_buffer(veth: VethPair, family: int) -> None:
     """``sendto`` takes what ``socket.sendto`` takes: a multi-byte-item view is its bytes (an
-    ``array('H')`` of 3 items is 6 bytes), a strided view its elements in order; the kernel
-    peer gets each datagram whole, with a valid checksum."""
+    ``array('H')`` of 3 items is 6 bytes), a 2-D view all its rows; the kernel peer gets each
+    datagram whole, with a valid checksum. A strided view is refused with ``BufferError`` as
+    ``socket.sendto`` refuses it, and the transport stays open."""
     import array
 
     table = "Udp" if family == 4 else "Udp6"
     words = array.array("H", [1, 2, 3])
     strided = memoryview(b"a-b-c-d")[::2]
-    expected = [words.tobytes(), b"abcd", b"plain"]
+    rows = memoryview(b"abcdef").cast("B", (2, 3))
+    expected = [words.tobytes(), b"abcdef", b"plain"]
 
     async def main() -> list[bytes]:
         t, p = await rawtransport.create_raw_datagram_endpoint(
@@ -209,7 +211,9 @@ def test_sendto_sends_the_bytes_of_any_buffer(veth: VethPair, family: int) -> No
         try:
             got = []
             dest = (veth.ip4_b if family == 4 else veth.ip6_b, peer.port)
-            for data in (memoryview(words), strided, memoryview(bytearray(b"plain"))):
+            with pytest.raises(BufferError):
+                t.sendto(strided, dest)
+            for data in (memoryview(words), rows, memoryview(bytearray(b"plain"))):
                 t.sendto(data, dest)
                 received, _ = await peer.recv()
                 got.append(received)
