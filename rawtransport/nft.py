@@ -332,8 +332,11 @@ class _Session:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NftError(errno.ETIMEDOUT, f"nft did not answer within {timeout}s")
-            ready, _, _ = select.select([self._out, self._err], [], [], left)
-            for fd in ready:
+            # poll(), not select(): the caller's process may hold descriptors above FD_SETSIZE.
+            poller = select.poll()
+            poller.register(self._out, select.POLLIN)
+            poller.register(self._err, select.POLLIN)
+            for fd, _ in poller.poll(left * 1000):
                 chunk = _read(fd)
                 if not chunk:
                     if fd == self._out:

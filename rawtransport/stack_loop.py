@@ -106,7 +106,7 @@ class LoopStack:
         self._consumers: dict[UdpEngine, StackConsumer] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._linger: asyncio.TimerHandle | None = None
+        self._linger: asyncio.Task[None] | None = None
         self.closed = False
         self._finalizer = weakref.finalize(loop, stack.close)
         # The compiled receive path's walk, where the stack has one: one Python frame between the
@@ -122,7 +122,7 @@ class LoopStack:
             stack.receiver.fileno(), self._read_and_spin if self._spin else self._read_shared
         )
         loop.add_reader(stack.netlink_fileno(), self._netlink_ready)
-        self._linger = loop.call_later(LINGER, self._close_if_idle)
+        self._start_linger()
         # Filter swaps at most once per loop iteration: scheduled before the opening endpoint's
         # transport schedules connection_made and its waiter, so the filter takes the endpoint's
         # datagrams before its creator gets it; 200 closes in one callback cost one swap.
@@ -157,9 +157,7 @@ class LoopStack:
         fanout = self.stack.fanout.get(engine)
         if fanout is not None:
             self.loop.add_reader(fanout.fileno(), self._read_ready, fanout)
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        self._stop_linger()
 
     def release(self, endpoint: RawUdpEndpoint) -> None:
         """Stop delivering to the endpoint's consumer and close the endpoint (its guard, its
@@ -171,12 +169,32 @@ class LoopStack:
             self.loop.remove_reader(fanout.fileno())  # before the stack closes it
         endpoint.close()
         if not self.stack.endpoints and not self.closed and self._linger is None:
-            self._linger = self.loop.call_later(LINGER, self._close_if_idle)
+            self._start_linger()
 
-    def _close_if_idle(self) -> None:
-        self._linger = None
-        if not self.stack.endpoints:
-            self.close()
+    def _start_linger(self) -> None:
+        # A task, not a timer: asyncio.run() and uvloop.run() cancel every task before closing the
+        # loop, so a stack lingering then is closed then (a timer would be dropped with the loop and
+        # the stack's sockets and rings kept until the loop is collected). A loop closed without
+        # that leaves the stack to the finalizer; its pending task is not worth a log line.
+        task = self.loop.create_task(self._linger_then_close())
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        self._linger = task
+
+    def _stop_linger(self) -> None:
+        task, self._linger = self._linger, None
+        if task is not None:
+            task.cancel()
+
+    async def _linger_then_close(self) -> None:
+        me = asyncio.current_task()
+        try:
+            await asyncio.sleep(LINGER)
+        finally:
+            # Run out, or cancelled by the loop's shutdown, not called off (_stop_linger).
+            if self._linger is me:
+                self._linger = None
+                if not self.stack.endpoints:
+                    self.close()
 
     def close(self) -> None:
         """Stop reading and close the stack (its endpoints must have gone)."""
@@ -188,9 +206,9 @@ class LoopStack:
             for receiver in (self.stack.receiver, *self.stack.fanout.values()):
                 loop.remove_reader(receiver.fileno())
             loop.remove_reader(self.stack.netlink_fileno())
-        for handle in (self._timer, self._linger):
-            if handle is not None:
-                handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stop_linger()
         self._finalizer()  # stack.close(), once
 
     # -------------------------------------------------------------------------------- reading

@@ -44,6 +44,7 @@ __all__ = [
     "create_veth_pair",
     "destroy",
     "have_netns_privileges",
+    "readable",
     "setns",
     "tcpdump_a",
     "tcpdump_b",
@@ -78,6 +79,17 @@ def wait_for(
                 return
             raise TimeoutError(what or f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def readable(fileobj: Any, timeout: float) -> bool:
+    """Wait until ``fileobj`` (a descriptor or an object with ``fileno()``) is readable, or time out.
+
+    poll(), not select(): select() refuses a descriptor above FD_SETSIZE (1024), which a long test
+    run in one process can reach.
+    """
+    poller = select.poll()
+    poller.register(fileobj, select.POLLIN)
+    return bool(poller.poll(max(timeout, 0.0) * 1000))
 
 
 # ----------------------------------------------------------------------------------- setns
@@ -423,8 +435,7 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> 
         left = deadline - time.monotonic()
         if left <= 0 or proc.poll() is not None:
             raise TimeoutError(f"peer never printed {needle!r} (exit status {proc.poll()})")
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if ready:
+        if readable(proc.stdout, left):
             line = proc.stdout.readline()
             if needle in line:
                 return

@@ -101,8 +101,10 @@ class Proc:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerError(f"no answer within {timeout:.0f}s from {self.argv[-2:]}")
-            ready, _, _ = select.select([out], [], [], left)
-            if not ready:
+            # poll(), not select(): a descriptor above FD_SETSIZE is refused by select().
+            poller = select.poll()
+            poller.register(out, select.POLLIN)
+            if not poller.poll(left * 1000):
                 continue
             line = out.readline()
             if not line:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from rawtransport.anyio_socket import (
 )
 from rawtransport.stack import RawStack, StackOptions
 from rawtransport.stack_anyio import AnyioStack
-from tests.netns import VethPair, is_packet_socket, setns, udp_echo_peer_b, veth_pair
+from tests.netns import VethPair, is_packet_socket, readable, setns, udp_echo_peer_b, veth_pair
 
 TIMEOUT = 5.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -588,8 +587,7 @@ def _wait_for_line(proc: subprocess.Popen[str], needle: str) -> bool:
     assert proc.stdout is not None
     deadline = time.monotonic() + TIMEOUT
     while proc.poll() is None and (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if ready and needle in proc.stdout.readline():
+        if readable(proc.stdout, left) and needle in proc.stdout.readline():
             return True
     return False
 

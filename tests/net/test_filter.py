@@ -14,7 +14,6 @@ import collections
 import contextlib
 import ctypes
 import ipaddress
-import select
 import socket
 import struct
 import time
@@ -33,7 +32,7 @@ from rawtransport.bpf import (
     ret,
 )
 from rawtransport.bpf_filter import drop_all, endpoint_filter
-from tests.netns import VethPair, setns
+from tests.netns import VethPair, readable, setns
 from tests.test_bpf import arp, eth, icmpv6, ip, ipv4, ipv6, neighbour_advert, udp
 
 ETH_P_ALL = 0x0003
@@ -132,8 +131,7 @@ def collect(sock: socket.socket, until: set[str], timeout: float = 5.0) -> list[
         if left <= 0:
             missing = until - {s.label for s in seen}
             raise AssertionError(f"never saw {missing}; saw {[s.label for s in seen]}")
-        ready, _, _ = select.select([sock], [], [], left)
-        if ready:
+        if readable(sock, left):
             seen.append(_recv(sock))
     while True:
         try:

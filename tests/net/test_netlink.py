@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
-import select
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from pyroute2 import IPRoute
 
 from rawtransport.netlink import Rtnl, RtnlMonitor
 from rawtransport.route import LocalAddresses, RouteKind
-from tests.netns import VethPair, setns, udp_echo_peer_b, wait_for
+from tests.netns import VethPair, readable, setns, udp_echo_peer_b, wait_for
 
 
 def ip(text: str) -> bytes:
@@ -82,8 +81,7 @@ def wait_changed(mon: RtnlMonitor, timeout: float = 5.0) -> None:
     """Wait (on the descriptor, not a sleep) until the monitor reports a change."""
 
     def changed() -> bool:
-        readable, _, _ = select.select([mon.fileno()], [], [], 0.1)
-        return bool(readable) and mon.drain()
+        return readable(mon.fileno(), 0.1) and mon.drain()
 
     wait_for(changed, timeout=timeout, what="rtnetlink change notification")
 

@@ -25,7 +25,7 @@ import rawtransport
 from rawtransport import stack_loop
 from rawtransport.stack import RawStack, StackOptions
 from tests.net.conformance import Peer, Recorder, a_ip, wait_stacks_closed
-from tests.netns import VethPair, is_packet_socket, setns, udp_echo_peer_b
+from tests.netns import VethPair, is_packet_socket, setns, udp_echo_peer_b, wait_for
 
 TIMEOUT = 10.0
 
@@ -198,6 +198,31 @@ def test_an_endpoint_within_the_linger_reuses_the_stack(veth: VethPair) -> None:
             peer.close()
 
     in_a(veth, main)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_stack_lingering_when_its_loop_ends_is_closed(veth: VethPair, loop_kind: str) -> None:
+    """asyncio.run() (uvloop.run()) ending while the stack lingers closes the stack: its packet
+    socket does not outlive the loop (one stack a run was left open, with its ring, until the loop
+    was collected; a process running one loop after another ran out of descriptors)."""
+    import uvloop
+
+    async def main() -> tuple[RawStack, int]:
+        t, p = await rawtransport.create_raw_datagram_endpoint(
+            Recorder, local_addr=(a_ip(veth, 4), 0)
+        )
+        fd = t.get_extra_info("packet_socket").fileno()
+        (stack,) = stack_loop._stacks[asyncio.get_running_loop()].values()
+        t.close()
+        await asyncio.wait_for(p.lost, TIMEOUT)
+        assert not stack.closed, "lingers"
+        return stack.stack, fd
+
+    run = uvloop.run if loop_kind == "uvloop" else asyncio.run
+    with setns(veth.ns_a):
+        stack, fd = run(asyncio.wait_for(main(), 60))
+    assert stack.closed
+    wait_for(lambda: not is_packet_socket(fd), TIMEOUT, what="the packet socket to close")
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])

@@ -9,7 +9,6 @@ must get some flows, and each flow's answer must come from one server.
 
 from __future__ import annotations
 
-import select
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import VethPair
+from tests.netns import VethPair, readable
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0
@@ -90,8 +89,7 @@ _SERVER = textwrap.dedent(
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, "a server said nothing in time"
+    assert readable(proc.stdout, timeout), "a server said nothing in time"
     return proc.stdout.readline().strip()
 
 

@@ -22,7 +22,7 @@ from rawtransport.bpf_filter import endpoint_filter
 from rawtransport.engine import ARPHRD_ETHER, PACKET_HOST, TP_STATUS_CSUMNOTREADY, FrameMeta
 from rawtransport.packet import parse_udp
 from rawtransport.ring_setup import RingReceiver
-from tests.netns import VethPair, setns
+from tests.netns import VethPair, readable, setns
 
 PORT = 40_123
 # The kernel vouches for the UDP checksum (TP_STATUS_CSUMNOTREADY, tpacket_rcv()): a veth sender leaves it half-done.
@@ -297,8 +297,7 @@ def _start_blasters(
     ]
     for proc in procs:
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 10)
-        assert ready, "a sender did not start"
+        assert readable(proc.stdout, 10), "a sender did not start"
         assert proc.stdout.readline().strip() == "ready"
     for proc in procs:
         assert proc.stdin is not None
