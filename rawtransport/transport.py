@@ -233,14 +233,18 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
+        # error_received() is called inline here, unguarded, as _SelectorDatagramTransport.sendto()
+        # and uvloop call it: what it raises reaches sendto()'s caller.
         if addr is None:
             # send(2) on an unconnected UDP socket: udp_sendmsg() returns -EDESTADDRREQ.
-            self._error_received(OSError(errno.EDESTADDRREQ, os.strerror(errno.EDESTADDRREQ)))
+            self._protocol.error_received(
+                OSError(errno.EDESTADDRREQ, os.strerror(errno.EDESTADDRREQ))
+            )
             return
         try:
             self._ep.send(data, addr, self._loop.time())
         except OSError as exc:
-            self._error_received(exc)
+            self._protocol.error_received(exc)
             return
         except (TypeError, ValueError, OverflowError, BufferError):
             # The caller's mistake (a malformed address, a port out of range): raised to the

@@ -84,6 +84,14 @@ class Ctx:
         self.opened.append((t, p))
         return t, p
 
+    async def attempt(self, **kwargs: Any) -> tuple[str, int | None] | None:
+        """Open an endpoint with ``kwargs``: None if it opened, else what was raised."""
+        try:
+            await self.open(**kwargs)
+        except Exception as exc:
+            return outcome(exc)
+        return None
+
     async def bound(self, **kwargs: Any) -> tuple[Any, Recorder]:
         """An endpoint bound to A's address, the peer's neighbour resolved (one echo done)."""
         t, p = await self.open(local_addr=(self.a, 0), **kwargs)
@@ -364,13 +372,7 @@ async def connected_remote_port_zero(ctx: Ctx) -> Any:
 
 @case(4)
 async def create_local_port_out_of_range(ctx: Ctx) -> Any:
-    raised = []
-    for port in (70000, -1, 65536):
-        try:
-            await ctx.open(local_addr=(ctx.a, port))
-        except Exception as exc:
-            raised.append(outcome(exc))
-    return raised
+    return [await ctx.attempt(local_addr=(ctx.a, port)) for port in (70000, -1, 65536)]
 
 
 @case(4)
@@ -387,57 +389,33 @@ async def create_local_port_types(ctx: Ctx) -> Any:
 
 @case(6)
 async def create_flowinfo_out_of_range(ctx: Ctx) -> Any:
-    try:
-        await ctx.open(remote_addr=(ctx.b, ctx.peer.port, 1 << 20, 0))
-    except Exception as exc:
-        return outcome(exc)
-    return None
+    return await ctx.attempt(remote_addr=(ctx.b, ctx.peer.port, 1 << 20, 0))
 
 
 @case(4)
 async def create_without_addresses_or_family(ctx: Ctx) -> Any:
-    try:
-        await ctx.open()
-    except Exception as exc:
-        return outcome(exc)
-    return None
+    return await ctx.attempt()
 
 
 @case(4)
 async def create_family_mismatch(ctx: Ctx) -> Any:
-    try:
-        await ctx.open(local_addr=(ctx.a, 0), family=socket.AF_INET6)
-    except Exception as exc:
-        return outcome(exc)
-    return None
+    return await ctx.attempt(local_addr=(ctx.a, 0), family=socket.AF_INET6)
 
 
 @case(4)
 async def create_reuse_address(ctx: Ctx) -> Any:
-    try:
-        await ctx.open(local_addr=(ctx.a, 0), reuse_address=True)
-    except Exception as exc:
-        return outcome(exc)
-    return None
+    return await ctx.attempt(local_addr=(ctx.a, 0), reuse_address=True)
 
 
 @case(4)
 async def create_port_in_use(ctx: Ctx) -> Any:
     t, _ = await ctx.open(local_addr=(ctx.a, 0))
-    try:
-        await ctx.open(local_addr=(ctx.a, t.get_extra_info("sockname")[1]))
-    except Exception as exc:
-        return outcome(exc)
-    return None
+    return await ctx.attempt(local_addr=(ctx.a, t.get_extra_info("sockname")[1]))
 
 
 @case(4)
 async def create_unix_family(ctx: Ctx) -> Any:
-    try:
-        await ctx.open(family=socket.AF_UNIX)
-    except Exception as exc:
-        return outcome(exc)
-    return None
+    return await ctx.attempt(family=socket.AF_UNIX)
 
 
 @case(4, 6)
@@ -505,6 +483,179 @@ async def datagram_received_raises(ctx: Ctx) -> Any:
     return got, t.is_closing(), await ctx.received()
 
 
+@case(4)
+async def broadcast_needs_allow_broadcast(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+    bcast = ctx.a.rsplit(".", 1)[0] + ".255"
+    t.sendto(b"subnet broadcast", (bcast, ctx.peer.port))
+    t.sendto(b"limited broadcast", ("255.255.255.255", ctx.peer.port))
+    return [e for e in p.calls if e[0] == "error"], await ctx.received()
+
+
+@case(4)
+async def broadcast_with_allow_broadcast(ctx: Ctx) -> Any:
+    t, p = await ctx.open(local_addr=(ctx.a, 0), allow_broadcast=True)
+    t.sendto(b"warm-up", ctx.dest)
+    await ctx.received()
+    bcast = ctx.a.rsplit(".", 1)[0] + ".255"
+    t.sendto(b"subnet broadcast", (bcast, ctx.peer.port))
+    return [e for e in p.calls if e[0] == "error"]
+
+
+@case(4, 6)
+async def sendto_unroutable(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+    far = "203.0.113.9" if ctx.family == 4 else "2001:db8:ffff::9"
+    t.sendto(b"nowhere", (far, 9))
+    return [e for e in p.calls if e[0] == "error"], await ctx.received()
+
+
+@case(4, 6)
+async def sendto_own_address(ctx: Ctx) -> Any:
+    t, _p = await ctx.bound()
+    other, q = await ctx.open(local_addr=(ctx.a, 0))
+    t.sendto(b"to myself", (ctx.a, other.get_extra_info("sockname")[1]))
+    data, _ = await asyncio.wait_for(q.data.get(), TIMEOUT)
+    return data
+
+
+@case(4, 6)
+async def connected_gets_port_unreachable(ctx: Ctx) -> Any:
+    closed = Peer.create(ctx.veth, ctx.family)
+    port = closed.port
+    closed.close()  # nobody listens there now: B answers with ICMP port unreachable
+    t, p = await ctx.open(local_addr=(ctx.a, 0), remote_addr=(ctx.b, port))
+    t.sendto(b"to a closed port")
+    exc = await asyncio.wait_for(p.errors.get(), TIMEOUT)
+    return type(exc).__name__, exc.errno, t.is_closing()
+
+
+@case(4, 6)
+async def wildcard_local_addr(ctx: Ctx) -> Any:
+    wildcard = "0.0.0.0" if ctx.family == 4 else "::"
+    t, _ = await ctx.open(local_addr=(wildcard, 0))
+    sockname = t.get_extra_info("sockname")
+    t.sendto(b"from the wildcard", ctx.dest)
+    data, addr = await asyncio.wait_for(ctx.peer.recv(), TIMEOUT)
+    return sockname[0], data, addr[0]
+
+
+@case(4)
+async def family_only(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(family=socket.AF_INET)
+    sockname = t.get_extra_info("sockname")
+    t.sendto(b"family only", ctx.dest)
+    data, addr = await asyncio.wait_for(ctx.peer.recv(), TIMEOUT)
+    return sockname[0], sockname[1] > 0 or "unbound", data, addr[0]
+
+
+@case(4, 6)
+async def echo_addresses_as_recvfrom_gives_them(ctx: Ctx) -> Any:
+    t, p = await ctx.open(local_addr=(ctx.a, 0))
+    ctx.peer.sock.sendto(b"hello", (ctx.a, t.get_extra_info("sockname")[1]))
+    data, addr = await asyncio.wait_for(p.data.get(), TIMEOUT)
+    return data, addr == (ctx.b, ctx.peer.port, *((0, 0) if ctx.family == 6 else ())), len(addr)
+
+
+@case(4, 6)
+async def receive_max_and_empty(ctx: Ctx) -> Any:
+    t, p = await ctx.open(local_addr=(ctx.a, 0))
+    port = t.get_extra_info("sockname")[1]
+    top = 65507 if ctx.family == 4 else 65527
+    for size in (0, 1, 1472, top):
+        ctx.peer.sock.sendto(bytes(size), (ctx.a, port))
+    sizes = []
+    for _ in range(4):
+        data, _addr = await asyncio.wait_for(p.data.get(), TIMEOUT)
+        sizes.append(len(data))
+    return sizes
+
+
+@case(4)
+async def sock_bound(ctx: Ctx) -> Any:
+    sock = socket.socket(ctx.af, socket.SOCK_DGRAM)
+    sock.bind((ctx.a, 0))
+    t, _ = await ctx.open(sock=sock)
+    t.sendto(b"from sock=", ctx.dest)
+    data, _addr = await asyncio.wait_for(ctx.peer.recv(), TIMEOUT)
+    return data, t.get_extra_info("sockname") == sock.getsockname()
+
+
+@case(4)
+async def sock_connected_then_sendto_other(ctx: Ctx) -> Any:
+    sock = socket.socket(ctx.af, socket.SOCK_DGRAM)
+    sock.bind((ctx.a, 0))
+    sock.connect(ctx.dest)
+    t, _ = await ctx.open(sock=sock)
+    t.sendto(b"to the connected peer")
+    try:
+        t.sendto(b"to another", (ctx.b, ctx.peer.port + 1))
+        raised = None
+    except Exception as exc:
+        raised = outcome(exc)
+    return raised, await ctx.received()
+
+
+@case(4)
+async def sock_with_other_arguments(ctx: Ctx) -> Any:
+    sock = socket.socket(ctx.af, socket.SOCK_DGRAM)
+    try:
+        return await ctx.attempt(sock=sock, local_addr=(ctx.a, 0))
+    finally:
+        sock.close()
+
+
+@case(4)
+async def sock_stream_refused(ctx: Ctx) -> Any:
+    sock = socket.socket(ctx.af, socket.SOCK_STREAM)
+    try:
+        return await ctx.attempt(sock=sock)
+    finally:
+        sock.close()
+
+
+@case(4)
+async def local_addr_not_ours(ctx: Ctx) -> Any:
+    return await ctx.attempt(local_addr=("198.18.255.254", 0))
+
+
+@case(4)
+async def local_addr_wrong_shape(ctx: Ctx) -> Any:
+    return [
+        await ctx.attempt(local_addr=addr) for addr in ((ctx.a,), (ctx.a, 0, 0), [ctx.a, 0], ctx.a)
+    ]
+
+
+@case(4)
+async def protocol_callbacks_raise(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+
+    def boom(exc: Exception) -> None:
+        raise RuntimeError("error_received raised")
+
+    p.error_received = boom  # type: ignore[method-assign]
+    t.sendto(b"port 0", (ctx.b, 0))  # EINVAL to error_received, which raises
+    return t.is_closing(), await ctx.received()
+
+
+@case(4)
+async def abort_then_close(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+    t.abort()
+    t.close()
+    exc = await asyncio.wait_for(p.lost, TIMEOUT)
+    return exc, t.is_closing(), t.get_extra_info("sockname") is not None
+
+
+@case(4)
+async def write_buffer_size_and_can_write_eof(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    out: list[Any] = [t.get_write_buffer_size()]
+    for name in ("can_write_eof", "write_eof", "write"):
+        out.append(hasattr(t, name) and callable(getattr(t, name)))
+    return out
+
+
 #: Differences that are there on purpose, and why (each also in the README's "differences by
 #: design"). In each, the raw transport stays open and calls no exception handler.
 _RAISES = (
@@ -537,6 +688,18 @@ BY_DESIGN: dict[str, tuple[str, bool]] = {
     "sendto_none_unconnected-v6": (_NO_ADDRESS, True),
     "sendto_after_close": (_AFTER_CLOSE, False),
     "sendto_after_close-v6": (_AFTER_CLOSE, False),
+    "family_only": (
+        "an endpoint opened with only a family is bound at once (to the wildcard and an "
+        "ephemeral port: the raw path must know its port to take its datagrams); the kernel's "
+        "socket is bound by its first sendto()",
+        True,
+    ),
+    "sock_connected_then_sendto_other": (
+        "a connected sock= is taken as remote_addr= is: sendto() to another address raises "
+        "ValueError; the stdlib's transport sends it to the connected peer, ignoring the "
+        "address given (uvloop's reports EISCONN)",
+        True,
+    ),
     "create_unix_family": ("the raw path carries IPv4 and IPv6 only: AF_UNIX is refused", True),
 }
 
