@@ -18,15 +18,19 @@ put it back together first. :class:`Reassembler` does that job with the kernel's
   or data past a known end, or an empty fragment discards the datagram (``ip_frag_queue()``).
 - Non-last IPv4 fragments whose length is not a multiple of 8 are trimmed down to one, as
   ``ip_frag_queue()`` does; the same IPv6 fragment is dropped (RFC 8200 4.5, ``ip6_frag_queue()``),
-  as is one ending past 65535 bytes. An IPv4 datagram that would exceed 65535 bytes is discarded.
+  as is one ending past 65535 bytes. An IPv4 datagram that would exceed 65535 bytes is discarded
+  when it completes (``ip_frag_reasm()``): until then a fragment ending past that limit holds the
+  queue, and the fragments of a later datagram with the same identification join it and die with
+  it, as in the kernel.
 - The first IPv6 fragment must hold every header up to and including the UDP header (RFC 8200 4.5,
   RFC 7112, ``ipv6frag_thdr_truncated()``). An IPv4 first fragment always does: a non-last
   fragment carries at least 8 bytes once trimmed, or the datagram is discarded as empty.
 - Mixing not-ECT with ECN-capable fragments discards the datagram (``ip_frag_ecn_table``,
   RFC 3168 5.3).
 - Atomic IPv6 fragments (offset 0, M clear) are processed alone, never queued (RFC 6946).
-- Memory: every held fragment is charged its length plus a fixed overhead, per datagram and per
-  family. A datagram over its cap is discarded; a family over ``high_thresh`` (the kernel's
+- Memory: every held fragment is charged its length plus a fixed overhead (about what the kernel
+  charges, ``skb->truesize``), per family; as in the kernel there is no cap per datagram (a
+  32000-byte datagram in 8-byte fragments is delivered). A family over ``high_thresh`` (the kernel's
   ``ipfrag_high_thresh``, 4 MiB) has its oldest queues evicted until it is under ``low_thresh``
   (``ipfrag_low_thresh``, 3 MiB: the pre-4.17 evictor; today's kernel refuses new fragments
   instead, which lets one flood block all reassembly for 30 s). The number of queues is capped
@@ -63,6 +67,12 @@ from rawtransport.packet_types import (
     ETH_P_IP,
     ETH_P_IPV6,
     IPPROTO_UDP,
+    NEXTHDR_AUTH,
+    NEXTHDR_DEST,
+    NEXTHDR_FRAGMENT,
+    NEXTHDR_HOP,
+    NEXTHDR_NONE,
+    NEXTHDR_ROUTING,
     check_ipv4_options,
     walk_ipv6_extensions,
 )
@@ -91,17 +101,23 @@ IPFRAG_LOW_THRESH = 3 * 1024 * 1024
 IPFRAG_TIME = 30.0
 IP6FRAG_TIME = 60.0
 MAX_QUEUES = 1024
-# Big enough for the largest legitimate datagram at IPv4's minimum MTU of 68 (1366 fragments of
-# 48 bytes), small enough that 8-byte fragments cannot pin more than a quarter MiB per datagram.
-MAX_DATAGRAM_MEMORY = 256 * 1024
-# What a held fragment costs beyond its data (a stand-in for the kernel's skb truesize), and a queue.
-FRAGMENT_OVERHEAD = 64
+# What a held fragment costs beyond its data, and a queue. A fragment stands for the kernel's
+# skb->truesize: SKB_TRUESIZE() is the data plus sk_buff and skb_shared_info (576 bytes on x86_64)
+# plus the headers' room, so the family thresholds hold about as many fragments as the kernel's.
+FRAGMENT_OVERHEAD = 640
 QUEUE_OVERHEAD = 256
 
 _IP4_FIXED = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
 _IPV6_MAXPLEN = 65535
 _IPV4_MAX = 65535
+
+# ipv6_ext_hdr(): the headers ipv6_skip_exthdr() skips (or stops at: no next header).
+_IPV6_EXT_HEADERS = frozenset(
+    (NEXTHDR_HOP, NEXTHDR_ROUTING, NEXTHDR_FRAGMENT, NEXTHDR_AUTH, NEXTHDR_NONE, NEXTHDR_DEST)
+)
+# The upper-layer header a first fragment must hold whole (TCP, UDP, ICMPv6; one byte otherwise).
+_UPPER_HEADER = {6: 20, IPPROTO_UDP: 8, 58: 8}
 
 # inet_frag_queue_insert() results.
 _OK, _DUP, _OVERLAP = 0, 1, 2
@@ -208,20 +224,31 @@ def _parse_ipv6(data: bytes, off: int) -> Fragment:
 
 
 def _check_first_fragment(data: bytes, u: int, end: int, nh: int) -> None:
-    """RFC 8200 4.5 / RFC 7112: the first fragment carries every header through the UDP header."""
-    if nh == 0:
-        # ip6_input_finish(): hop-by-hop anywhere but first is a parameter problem.
-        raise MalformedPacketError("ipv6_hbh_not_first", "hop-by-hop header after a fragment")
-    try:
-        nh, u, _ = walk_ipv6_extensions(data, u, end, nh, collect=None, fragments_ok=False)
-    except MalformedPacketError as exc:
-        if exc.reason == "ipv6_ext_header":
-            raise MalformedPacketError("reassembly_tiny_first", "header chain cut") from None
-        raise
-    if nh != IPPROTO_UDP:
-        raise MalformedPacketError("not_udp", f"next header {nh}")
-    if end - u < 8:
-        raise MalformedPacketError("reassembly_tiny_first", f"{end - u} bytes of UDP header")
+    """RFC 8200 4.5 / RFC 7112: the first fragment carries every header through the upper-layer one.
+
+    As ``ipv6frag_thdr_truncated()`` checks it: the headers behind the Fragment header are skipped
+    (``ipv6_skip_exthdr()``), not judged, and only a chain that is read to its end and leaves the
+    upper-layer header short is refused. What those headers say (options to discard, a hop-by-hop
+    header out of place, another protocol than UDP) is judged once the datagram is whole
+    (:func:`udp_datagram`, as ``ip6_input_finish()`` then does): until then such a first fragment
+    holds its place in the queue, and a second first fragment is a duplicate of it.
+    """
+    off = u
+    while nh in _IPV6_EXT_HEADERS:
+        if nh == NEXTHDR_NONE or end - off < 2:
+            return  # ipv6_skip_exthdr() gives up: not "truncated"
+        if nh == NEXTHDR_FRAGMENT:
+            if end - off < 4 or ((data[off + 2] << 8) | data[off + 3]) & 0xFFF8:
+                return  # not a first fragment's header: not "truncated" either
+            hlen = 8
+        elif nh == NEXTHDR_AUTH:
+            hlen = (data[off + 1] + 2) << 2
+        else:
+            hlen = (data[off + 1] + 1) << 3
+        nh = data[off]
+        off += hlen
+    if off + _UPPER_HEADER.get(nh, 1) > end:
+        raise MalformedPacketError("reassembly_tiny_first", f"{end - off} bytes of header {nh}")
 
 
 def udp_datagram(r: Reassembled) -> tuple[int, int, bytes]:
@@ -333,16 +360,14 @@ class Reassembler:
         timeout4: float = IPFRAG_TIME,
         timeout6: float = IP6FRAG_TIME,
         max_queues: int = MAX_QUEUES,
-        max_datagram_memory: int = MAX_DATAGRAM_MEMORY,
     ) -> None:
-        if not 0 < max_datagram_memory <= low_thresh <= high_thresh:
-            raise ValueError("need 0 < max_datagram_memory <= low_thresh <= high_thresh")
+        if not 0 < low_thresh <= high_thresh:
+            raise ValueError("need 0 < low_thresh <= high_thresh")
         if max_queues < 1 or timeout4 <= 0 or timeout6 <= 0:
             raise ValueError("max_queues must be >= 1 and timeouts positive")
         self.high_thresh = high_thresh
         self.low_thresh = low_thresh
         self.max_queues = max_queues
-        self.max_datagram_memory = max_datagram_memory
         self._families = {4: _Family(timeout4), 6: _Family(timeout6)}
         self.dropped: dict[str, int] = {}
         self.fragments = 0  # frames taken in
@@ -444,9 +469,6 @@ class Reassembler:
         if end == offset:
             self._kill(fam, key, "reassembly_empty_fragment", 1)
             return None
-        if frag.family == 4 and end > _IPV4_MAX - 20:
-            self._kill(fam, key, "reassembly_too_long", 1)  # ip_frag_reasm(): oversize
-            return None
         verdict = q.insert(offset, end)
         if verdict == _DUP:
             self._drop("reassembly_duplicate")
@@ -463,9 +485,6 @@ class Reassembler:
         fam.mem += charge
         if offset == 0:
             q.first = frag
-        if q.mem > self.max_datagram_memory:
-            self._kill(fam, key, "reassembly_datagram_memory", 0)
-            return None
         if fam.mem > self.high_thresh:
             self._evict(fam, key)
         if q.first is not None and q.last_in and q.meat == q.length:

@@ -272,7 +272,7 @@ def test_v6_non_multiple_of_8_is_dropped() -> None:
 @pytest.mark.parametrize(
     ("family", "offset", "length", "reason", "queues_left"),
     [
-        (4, 65528, 8, "reassembly_too_long", 0),  # end 65536 > 65515
+        (4, 65528, 8, None, 1),  # end 65536 > 65515: held, judged whole (ip_frag_reasm())
         (4, 65488, 27, None, 1),  # end 65515: the largest IPv4 payload, held
         (6, 65528, 8, "reassembly_too_long", 1),  # end 65536 > 65535: the fragment alone
         (6, 65520, 16, "reassembly_too_long", 1),  # end 65536 > 65535: the fragment alone
@@ -409,7 +409,7 @@ def test_queue_cap_evicts_oldest() -> None:
 
 def test_memory_cap_evicts_down_to_low_threshold() -> None:
     per = QUEUE_OVERHEAD + FRAGMENT_OVERHEAD + 1024
-    r = Reassembler(high_thresh=10 * per, low_thresh=6 * per, max_datagram_memory=2 * per)
+    r = Reassembler(high_thresh=10 * per, low_thresh=6 * per)
     for i in range(50):
         feed(r, [v4_frag(0, b"m" * 1024, True, ident=i)])
         assert r.memory <= 10 * per
@@ -417,12 +417,18 @@ def test_memory_cap_evicts_down_to_low_threshold() -> None:
     invariant(r)
 
 
-def test_datagram_memory_cap() -> None:
-    r = Reassembler(max_datagram_memory=QUEUE_OVERHEAD + 10 * (8 + FRAGMENT_OVERHEAD))
-    frames = [v4_frag(o, b"s" * 8, True) for o in range(0, 8 * 11, 8)]
-    feed(r, frames)
-    assert r.dropped == {"reassembly_datagram_memory": 11}
+@pytest.mark.parametrize(("total", "size"), [(32000, 8), (59200, 16)])
+def test_tiny_fragments_are_reassembled_as_the_kernel_does(total: int, size: int) -> None:
+    """No cap per datagram (issue 14, item 6a): 4000 fragments of 8 bytes, 3700 of 16, delivered as
+    the kernel delivers them, within the family's threshold."""
+    r = Reassembler()
+    seg = segment(4, b"t" * (total - 8))
+    frames = [v4_frag(o, seg[o : o + size], o + size < total) for o in range(0, total, size)]
+    (got,) = feed(r, frames)
+    assert got.payload == seg
     assert r.memory == 0
+    assert not r.dropped
+    invariant(r)
 
 
 def test_constructor_rejects_bad_caps() -> None:
@@ -670,7 +676,6 @@ def test_garbage_never_raises_and_stays_capped(
     r = Reassembler(
         high_thresh=_GARBAGE_CAP,
         low_thresh=_GARBAGE_CAP // 2,
-        max_datagram_memory=_GARBAGE_CAP // 4,
         max_queues=4,
     )
     now = 0.0
@@ -738,11 +743,64 @@ def test_parse_vnet_header_as_seen_on_linux() -> None:
         parse_vnet_header(b"\x01")
 
 
-def test_first_v6_fragment_header_chain_checks() -> None:
+def test_v4_fragment_past_the_limit_holds_its_queue_until_the_end_disagrees() -> None:
+    """Issue 14, item 6b: a fragment ending past 65515 is held (ip_frag_queue() has no such check;
+    ip_frag_reasm() refuses the datagram when whole), so a datagram sent later under the same id
+    joins its queue and dies with it (its last fragment ends before the poison), as in the kernel."""
     r = Reassembler()
-    feed(r, [v6_frag(0, bytes(16), True, nh=0)])  # hop-by-hop behind the Fragment header
-    feed(r, [v6_frag(0, bytes(16), True, nh=6, ident=2)])  # TCP, not ours
-    assert r.dropped == {"ipv6_hbh_not_first": 1, "not_udp": 1}
+    seg = segment(4, b"p" * 120)
+    assert not feed(r, [v4_frag(65000, b"x" * 600, True)])
+    assert r.pending == 1
+    assert not r.dropped
+    assert not feed(r, [v4_frag(0, seg[:64], True), v4_frag(64, seg[64:], False)])
+    assert r.dropped == {"reassembly_bad_end": 3}
+    # The queue is gone with them: the next datagram under that id is delivered.
+    (got,) = feed(r, [v4_frag(0, seg[:64], True), v4_frag(64, seg[64:], False)])
+    assert got.payload == seg
+    invariant(r)
+
+
+def test_v6_first_fragment_with_an_option_to_discard_holds_its_place() -> None:
+    """Issue 14, item 6c: the options behind the Fragment header are judged once the datagram is
+    whole. A first fragment whose destination options say "discard" is queued, a clean first
+    fragment after it is a duplicate, and the datagram made with the first is discarded."""
+    discard = bytes([17, 0, 0x5E, 4, 0, 0, 0, 0])  # unknown option, action bits 01: discard
+    padn = bytes([17, 0, 1, 4, 0, 0, 0, 0])
+    seg = segment(6, b"d" * 56)
+    bad, clean = discard + seg, padn + seg
+    r = Reassembler()
+    (whole,) = feed(
+        r,
+        [
+            v6_frag(0, bad[:40], True, nh=60),
+            v6_frag(0, clean[:40], True, nh=60),
+            v6_frag(40, clean[40:], False, nh=60),
+        ],
+    )
+    assert r.dropped == {"reassembly_duplicate": 1}
+    assert whole.payload == discard + seg
+    with pytest.raises(MalformedPacketError) as exc:
+        udp_datagram(whole)
+    assert exc.value.reason == "ipv6_option"
+    invariant(r)
+
+
+def test_first_v6_fragment_header_chain_checks() -> None:
+    """A first fragment needs its upper-layer header whole (TCP's 20 bytes here); what the headers
+    behind the Fragment header say is judged once the datagram is whole."""
+    r = Reassembler()
+    tcp = bytes(20) + b"tcp!"
+    assert not feed(r, [v6_frag(0, tcp[:16], True, nh=6, ident=2)])
+    assert r.dropped == {"reassembly_tiny_first": 1}
+    hbh = feed(r, [v6_frag(0, bytes(16), True, nh=0), v6_frag(16, bytes(8), False, nh=0)])
+    tcp = bytes(24) + b"tcp!"
+    other = feed(
+        r, [v6_frag(0, tcp[:24], True, nh=6, ident=3), v6_frag(24, tcp[24:], False, nh=6, ident=3)]
+    )
+    for (whole,), reason in ((hbh, "ipv6_hbh_not_first"), (other, "not_udp")):
+        with pytest.raises(MalformedPacketError) as exc:
+            udp_datagram(whole)
+        assert exc.value.reason == reason
     with pytest.raises(MalformedPacketError) as exc:
         udp_datagram(Reassembled(4, PEER4, ME4, 6, bytes(16), 64, 2))
     assert exc.value.reason == "not_udp"
