@@ -41,6 +41,7 @@ __all__ = [
     "assemble",
     "ja",
     "jeq",
+    "jeq_x",
     "jge",
     "jgt",
     "jset",
@@ -594,6 +595,11 @@ def _jump(op: int, k: int, jt: str | int | None, jf: str | int | None) -> Jump:
 def jeq(k: int, jt: str | int | None = None, jf: str | int | None = None) -> Jump:
     """``jeq #k, jt, jf`` (a target of ``None`` falls through to the next instruction)."""
     return _jump(BPF_JEQ, k, jt, jf)
+
+
+def jeq_x(jt: str | int | None = None, jf: str | int | None = None) -> Jump:
+    """``jeq x, jt, jf``: jump to jt when A equals X."""
+    return Jump(BPF_JMP | BPF_JEQ | BPF_X, 0, jt, jf)
 
 
 def jgt(k: int, jt: str | int | None = None, jf: str | int | None = None) -> Jump:

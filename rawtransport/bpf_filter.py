@@ -67,6 +67,7 @@ from rawtransport.bpf import (
     assemble,
     ja,
     jeq,
+    jeq_x,
     jset,
     label,
     ld,
@@ -77,6 +78,7 @@ from rawtransport.bpf import (
     ldx_imm,
     ldx_msh,
     ret,
+    tax,
 )
 from rawtransport.engine_types import VLAN_VID_MASK
 
@@ -96,7 +98,10 @@ _IPPROTO_ICMPV6: Final = 58
 # hop-by-hop, routing, destination options. The fragment header (44) is handled separately.
 _IPV6_PASSED_EXTENSIONS: Final = (0, 43, 60)
 _IPV6_FRAGMENT: Final = 44
+_ND_NEIGHBOR_SOLICIT: Final = 135
 _ND_NEIGHBOR_ADVERT: Final = 136
+# ff02::1, where an unsolicited neighbour advertisement goes (RFC 4861 7.2.6).
+_ALL_NODES: Final = bytes.fromhex("ff020000000000000000000000000001")
 
 
 def drop_all() -> Program:
@@ -205,23 +210,33 @@ def _ipv6_next_header(
     return items
 
 
-def _neighbour_advert(base: int, p: str) -> list[Item]:
-    """At ``p + "nd"``: reject all but a neighbour advertisement; the target check follows."""
-    # RFC 4861 §7.1.2: a neighbour advertisement with a hop limit other than 255 came from off-link
-    # and is invalid (ndisc_rcv() drops it too).
+def _neighbour_discovery(base: int, p: str) -> list[Item]:
+    """At ``p + "nd"``: reject all but neighbour discovery from on-link (hop limit 255).
+
+    A solicitation goes on to ``p + "ns"``, where its target check follows; an advertisement to
+    all-nodes (unsolicited, RFC 4861 7.2.6: a claim) is accepted; any other advertisement falls
+    through to its destination check.
+    """
+    # RFC 4861 7.1.1/7.1.2: a message with a hop limit other than 255 came from off-link and is
+    # invalid (ndisc_rcv() drops it too).
     return [
         label(p + "nd"),
         ldb(base + 7),
         jeq(255, None, "reject"),
         ldb(base + 40),
+        jeq(_ND_NEIGHBOR_SOLICIT, p + "ns"),
         jeq(_ND_NEIGHBOR_ADVERT, None, "reject"),
+        *_match_words(base + 24, _ALL_NODES, p + "na"),
+        ja("accept"),
+        label(p + "na"),
     ]
 
 
-def _arp_reply(base: int, p: str) -> list[Item]:
-    """At ``p + "arp"``: reject all but an Ethernet/IPv4 ARP reply; the target check follows."""
-    # RFC 826, Ethernet/IPv4: htype 1 + ptype 0x0800 at 0; hlen 6 + plen 4 at 4; op at 6; target
-    # protocol address at 24.
+def _arp(base: int, p: str) -> list[Item]:
+    """At ``p + "arp"``: reject all but an Ethernet/IPv4 ARP request or reply; accept a gratuitous
+    one (sender = target, RFC 5227 3: a claim). The target check follows, with X clobbered."""
+    # RFC 826, Ethernet/IPv4: htype 1 + ptype 0x0800 at 0; hlen 6 + plen 4 at 4; op at 6; sender
+    # protocol address at 14, target protocol address at 24.
     return [
         label(p + "arp"),
         ld(base),
@@ -229,7 +244,13 @@ def _arp_reply(base: int, p: str) -> list[Item]:
         ldh(base + 4),
         jeq(0x0604, None, "reject"),
         ldh(base + 6),
-        jeq(2, None, "reject"),
+        jeq(2, p + "arpop"),
+        jeq(1, None, "reject"),
+        label(p + "arpop"),
+        ld(base + 14),
+        tax(),
+        ld(base + 24),
+        jeq_x("accept"),
     ]
 
 
@@ -317,13 +338,17 @@ def _l3(spec: _Spec, base: int, p: str) -> list[Item]:
                 items += [ldh(base + 40), jeq(spec.remote_port, None, "reject")]
             items.append(ja("accept"))
         if spec.nd:
-            items += _neighbour_advert(base, p)
+            # An advertisement to the address, or a solicitation for it (a claim).
+            items += _neighbour_discovery(base, p)
             if spec.nd_for is not None:
                 items += _match_words(base + 24, spec.nd_for, "reject")
+            items += [ja("accept"), label(p + "ns")]
+            if spec.nd_for is not None:
+                items += _match_words(base + 48, spec.nd_for, "reject")
             items.append(ja("accept"))
 
     if spec.arp:
-        items += _arp_reply(base, p)
+        items += _arp(base, p)
         if spec.arp_for is not None:
             items += [ld(base + 24), jeq(_words(spec.arp_for)[0], None, "reject")]
         items.append(ja("accept"))
@@ -357,10 +382,13 @@ def endpoint_filter(
       IPv6 fragment headers likewise.
     - IPv6 packets to the address whose first header is hop-by-hop, routing or destination options:
       passed to user space, which walks the chain (see the comment in the code for why).
-    - ARP replies (op 2, Ethernet/IPv4) whose target protocol address is ``arp_for``, and ICMPv6
-      neighbour advertisements (type 136, hop limit 255) whose IPv6 destination is ``nd_for``, for
-      the neighbour resolver. ``neighbour_replies=True`` accepts such replies for any target address
-      (ARP when the family includes IPv4, ND when it includes IPv6).
+    - ARP requests and replies (Ethernet/IPv4) whose target protocol address is ``arp_for``, and
+      ICMPv6 neighbour advertisements (hop limit 255) whose IPv6 destination is ``nd_for`` and
+      solicitations whose target is ``nd_for``, for the neighbour resolver (replies resolve,
+      requests are claims); with either, the claims any neighbour broadcasts: gratuitous ARP
+      (sender = target, RFC 5227 3) and advertisements to all-nodes (RFC 4861 7.2.6).
+      ``neighbour_replies=True`` accepts these for any target address (ARP when the family
+      includes IPv4, ND when it includes IPv6).
 
     Rejected first, for every clause: ``PACKET_OTHERHOST`` and ``PACKET_OUTGOING`` frames (ancillary
     ``ld type``), which ``ip_rcv()`` and the UDP socket would never see.
@@ -437,6 +465,7 @@ _X_ETHERTYPE: Final = 12
 _X_DST4: Final = 14 + 16
 _X_DST6: Final = 14 + 24
 _X_ARP_TARGET: Final = 14 + 24
+_X_NS_TARGET: Final = 14 + 48
 _PORTS: Final = "ports"
 
 
@@ -451,6 +480,7 @@ class _Union:
     addr6: str
     arp: str | None  # checks the ARP target (or accept); None: no ARP clause
     nd: str | None  # checks the neighbour advertisement's destination (or accept); None: no clause
+    ns: str | None  # checks the neighbour solicitation's target (or accept); with nd
 
 
 def _union_l3(u: _Union, base: int, p: str) -> list[Item]:
@@ -491,9 +521,11 @@ def _union_l3(u: _Union, base: int, p: str) -> list[Item]:
         else:
             items += [ldb(base + 6), jeq(_IPPROTO_ICMPV6, p + "nd", "reject")]
         if u.nd is not None:
-            items += [*_neighbour_advert(base, p), ja(u.nd)]
+            assert u.ns is not None
+            items += [*_neighbour_discovery(base, p), ja(u.nd), label(p + "ns"), ja(u.ns)]
     if u.arp is not None:
-        items += [*_arp_reply(base, p), ja(u.arp)]
+        # The gratuitous-ARP test used X: the tail's loads need the link offset back.
+        items += [*_arp(base, p), ldx_imm(link), ja(u.arp)]
     return items
 
 
@@ -734,6 +766,7 @@ _STUB_ADDR4: Final = "~addr4"
 _STUB_ADDR6: Final = "~addr6"
 _STUB_ARP: Final = "~arp"
 _STUB_ND: Final = "~nd"
+_STUB_NS: Final = "~ns"
 
 
 @lru_cache(maxsize=64)
@@ -745,6 +778,7 @@ def _header(
     addr6: str,
     arp: str | None,
     nd: str | None,
+    ns: str | None,
     accept_vlan: bool,
     snaplen: int,
 ) -> tuple[tuple[int, ...], tuple[tuple[int, str], ...]]:
@@ -756,8 +790,8 @@ def _header(
     and ``reject``. Returns its fields, as :meth:`~rawtransport.bpf.Program.from_fields` takes them,
     and ``(index, name)`` of each stub, whose ``ja`` offset the caller sets.
     """
-    union = _Union(want4, want6, allow_fragments, addr4, addr6, arp, nd)
-    names = [name for name in (addr4, addr6, arp, nd) if name and name[0] == "~"]
+    union = _Union(want4, want6, allow_fragments, addr4, addr6, arp, nd, ns)
+    names = [name for name in (addr4, addr6, arp, nd, ns) if name and name[0] == "~"]
     stubs = [item for name in names for item in (label(name), ja(0))]
 
     def l3(base: int, p: str) -> list[Item]:
@@ -847,9 +881,10 @@ def stack_filter(
       IPv6 packets whose first header is hop-by-hop, routing or destination options: these may
       carry no port, so they are accepted to any bound address of an entry of that family, or to
       any address when there is a wildcard entry of the family.
-    - ARP replies whose target is one of ``arp_for`` (any, with ``neighbour_replies4``) and
-      neighbour advertisements (hop limit 255) to one of ``nd_for`` (any, with
-      ``neighbour_replies6``).
+    - ARP requests and replies whose target is one of ``arp_for`` (any, with
+      ``neighbour_replies4``), neighbour advertisements (hop limit 255) to one of ``nd_for`` and
+      solicitations for one of them (any, with ``neighbour_replies6``), and, with any of these,
+      gratuitous ARP and advertisements to all-nodes, as :func:`endpoint_filter` takes them.
 
     The same leading rejects as ``endpoint_filter``: ``PACKET_OTHERHOST``, ``PACKET_OUTGOING``, and
     VLAN-tagged frames unless ``accept_vlan`` (then also one in-band tag). An entry has no remote
@@ -941,6 +976,7 @@ def stack_filter(
         _STUB_ADDR6: check(_X_DST6, _union_of(bounds6)) if bounds6 else reject,
         _STUB_ARP: replies(neighbour_replies4, _X_ARP_TARGET, arp_targets),
         _STUB_ND: replies(neighbour_replies6, _X_DST6, nd_targets),
+        _STUB_NS: replies(neighbour_replies6, _X_NS_TARGET, nd_targets),
     }
     # Distinct signatures have distinct address checks (or accept or reject), so distinct targets.
     resolved = [
@@ -965,6 +1001,7 @@ def stack_filter(
         name(_STUB_ADDR6) or "reject",
         name(_STUB_ARP),
         name(_STUB_ND),
+        name(_STUB_NS),
         accept_vlan,
         snaplen,
     )

@@ -47,7 +47,9 @@ from rawtransport.packet import (
     ETH_P_ARP,
     ETH_P_IPV6,
     IPPROTO_ICMPV6,
+    IPv6,
     NeighborAdvertisement,
+    NeighborSolicitation,
     build_arp_request,
     build_neighbor_solicitation,
     parse_frame,
@@ -409,8 +411,10 @@ class Host:
     def receive_neighbour(
         self, frame: bytes | bytearray | memoryview, meta: FrameMeta, now: float, c: Counters
     ) -> None:
-        """ARP replies (arp_process()) and neighbour advertisements (ndisc_recv_na()); drops are
-        counted in ``c``. Datagrams a reply releases go to the endpoints that sent them."""
+        """ARP and neighbour discovery (``arp_process()``, ``ndisc_recv_na()``/``ndisc_recv_ns()``);
+        drops are counted in ``c``. Replies resolve; datagrams a reply releases go to the endpoints
+        that sent them. A neighbour's request to us or its gratuitous announcement is a claim
+        (:meth:`~rawtransport.neighbour.NeighbourCache.handle_claim`): verified, then learnt."""
         try:
             parsed = parse_frame(frame)
         except MalformedPacketError as exc:
@@ -418,24 +422,30 @@ class Host:
             return
         own_mac = self.if_macs.get(meta.ifindex)
         sender_mac: bytes | None
+        claim = False
         if isinstance(parsed.net, ARP):
             arp = parsed.net
-            if arp.op != 2:
-                c.drop("arp_not_reply")
-                return
-            if not self.local.is_local(arp.target_ip):
+            # A gratuitous ARP (RFC 5227 3: request or reply, sender = target) announces the
+            # sender's own address; anything else must be for one of ours.
+            gratuitous = arp.sender_ip == arp.target_ip
+            if not gratuitous and not self.local.is_local(arp.target_ip):
                 c.drop("arp_not_for_us")
                 return
             if self.local.is_local(arp.sender_ip) or arp.sender_mac == own_mac:
                 c.drop("arp_from_self")
                 return
             address, sender_mac = arp.sender_ip, arp.sender_mac
+            claim = arp.op == 1 or gratuitous  # the kernel answers the requests; we only listen
         elif isinstance(parsed.transport, NeighborAdvertisement):
             na = parsed.transport
-            if not na.solicited:
-                c.drop("nd_unsolicited")
-                return
             sender_mac = na.target_lladdr
+            if not na.solicited:
+                # An unsolicited advertisement with the override flag announces a new address
+                # (RFC 4861 7.2.6); without it, it overrides nothing.
+                if not na.override or sender_mac is None:
+                    c.drop("nd_unsolicited")
+                    return
+                claim = True
             if sender_mac is None:
                 # RFC 4861 7.2.5: without a target link-layer address option an NA updates no
                 # INCOMPLETE entry (ndisc_recv_na() finds no lladdr and neigh_update() keeps the
@@ -448,6 +458,20 @@ class Host:
                 c.drop("nd_from_self")
                 return
             address = na.target
+        elif isinstance(parsed.transport, NeighborSolicitation):
+            ns = parsed.transport
+            assert isinstance(parsed.net, IPv6)
+            if not self.local.is_local(ns.target):
+                c.drop("nd_not_for_us")
+                return
+            if ns.source_lladdr is None:
+                c.drop("nd_no_source_lladdr")  # DAD (from ::), or a unicast probe: no claim
+                return
+            address, sender_mac = parsed.net.src, ns.source_lladdr
+            if self.local.is_local(address) or sender_mac == own_mac:
+                c.drop("nd_from_self")
+                return
+            claim = True
         else:
             # Another ICMPv6 message, or a UDP frame inside IPv6 with ICMPv6 as first next header is
             # impossible; either way it is not ours to deliver.
@@ -455,6 +479,10 @@ class Host:
             return
         if sender_mac[0] & 1 or sender_mac == _ZERO_MAC:
             c.drop("neighbour_bad_mac")
+            return
+        if claim:
+            self.neigh.handle_claim(meta.ifindex, address, sender_mac, now)
+            self.queue_requests(self.out, self.counters, None)  # the old MAC's re-probe, if any
             return
         self.invalidate_tx()
         for pending in self.neigh.handle_reply(meta.ifindex, address, sender_mac, now):

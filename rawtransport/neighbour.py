@@ -29,6 +29,16 @@ Security (``arp_process()``, docs/kernel-checks.md): a reply is accepted only wh
 ``(ifindex, address)`` is outstanding, and the first accepted reply wins. Replies never create
 entries, so a flood of forged replies leaves the table unchanged; the table, the per-address queues
 and the total of queued items are all bounded, and every refusal is counted in :attr:`stats`.
+
+Claims (:meth:`NeighbourCache.handle_claim`): a neighbour's own ARP request or solicitation, or its
+gratuitous announcement, says its address is now at another MAC. The kernel takes such a claim at
+once (``arp_process()``, ``ndisc_recv_ns()``: ``neigh_update()`` with override), which is also how a
+forger redirects a host's traffic. Here a claim for an entry held at another MAC starts a unicast
+re-probe of the *old* MAC: if that MAC answers, the claim was false (``claims_refuted``); if
+``max_attempts`` probes go unanswered, the old MAC is gone and the claimed one is taken, STALE, so
+that its first use verifies it in turn (``claims_learned``, after about ``max_attempts *
+retransmit_interval``, where waiting for the entry to go stale took up to ``reachable_time``
+and more). The first claim wins until that verdict; claims never create entries.
 """
 
 from __future__ import annotations
@@ -64,6 +74,10 @@ _COUNTERS = (
     "failed_items",  # items dropped by those failures
     "failed_hold",  # items refused because the address is held FAILED
     "forgotten",  # items dropped by forget()
+    "claims_verified",  # claims of another MAC for an entry: the old MAC re-probed
+    "claims_learned",  # ... unanswered: the claimed MAC taken
+    "claims_refuted",  # ... answered by the old MAC: the claim dropped
+    "claims_ignored",  # claims for no entry, the same MAC, an entry in resolution, or a second one
 )
 
 
@@ -115,6 +129,7 @@ _FAILED = 3
 class _Entry(Generic[T]):
     __slots__ = (
         "attempt",
+        "claimed",
         "confirmed",
         "deadline",
         "failed_until",
@@ -137,6 +152,8 @@ class _Entry(Generic[T]):
         self.seq = 0
         self.confirmed = 0.0
         self.failed_until = 0.0
+        # The MAC a claim said the address moved to, while the old one is re-probed (b"": none).
+        self.claimed = b""
 
 
 def _check_key(ifindex: int, address: bytes) -> None:
@@ -407,8 +424,47 @@ class NeighbourCache(Generic[T]):
             reachable = entry is not None and self._state(entry, now) is NeighbourState.REACHABLE
             self._stats["duplicate_reply" if reachable else "unsolicited"] += 1
             return []
+        if entry.claimed:
+            # Only the old MAC can refute a claim: a reply from any other (the claimant's
+            # included) is what a forger would send.
+            if mac != entry.mac:
+                self._stats["unsolicited"] += 1
+                return []
+            self._stats["claims_refuted"] += 1
         self._stats["replies_accepted"] += 1
         return self._confirm(key, entry, mac, now)
+
+    def handle_claim(self, ifindex: int, address: bytes, mac: bytes, now: float) -> None:
+        """Feed a neighbour's claim that ``address`` is at ``mac``: its ARP request or neighbour
+        solicitation to us, or its gratuitous ARP / unsolicited override advertisement.
+
+        For an entry in use at another MAC, the old MAC is re-probed by unicast (see the module
+        docstring); the claimed one is taken only if that goes unanswered. Anything else is
+        ignored and counted (``claims_ignored``), as is a bad MAC (``bad_mac``).
+        """
+        _check_key(ifindex, address)
+        _check_mac(mac)
+        if not _good_mac(mac):
+            self._stats["bad_mac"] += 1
+            return
+        key = (ifindex, address)
+        entry = self._entries.get(key)
+        state = None if entry is None else self._state(entry, now)
+        if (
+            entry is None
+            or state not in (NeighbourState.REACHABLE, NeighbourState.STALE, NeighbourState.PROBE)
+            or mac == entry.mac
+            or entry.claimed
+        ):
+            self._stats["claims_ignored"] += 1
+            return
+        self._stats["claims_verified"] += 1
+        entry.claimed = mac
+        if entry.state != _PROBE:
+            entry.state = _PROBE
+            entry.attempt = 1
+            self._schedule(key, entry, now + self.retransmit_interval)
+            self._request(key, entry)
 
     def seed(self, ifindex: int, address: bytes, mac: bytes, now: float) -> list[T]:
         """Install a trusted entry (from the kernel's neighbour table or static configuration).
@@ -463,6 +519,15 @@ class NeighbourCache(Generic[T]):
                 entry.attempt += 1
                 self._schedule(key, entry, now + self.retransmit_interval)
                 self._request(key, entry)
+            elif entry.claimed:
+                # The old MAC answered none of the probes: the claim was true. Taken STALE, so
+                # that the first send re-probes the new MAC too.
+                self._stats["claims_learned"] += 1
+                self._requests.pop(key, None)
+                entry.state = _VALID
+                entry.mac, entry.claimed = entry.claimed, b""
+                entry.attempt = 0
+                entry.confirmed = now - self.reachable_time
             else:
                 self._requests.pop(key, None)
                 self._stats["resolution_failed"] += 1
@@ -522,6 +587,7 @@ class NeighbourCache(Generic[T]):
         self._unschedule(entry)
         entry.state = _VALID
         entry.mac = mac
+        entry.claimed = b""
         entry.attempt = 0
         entry.confirmed = now
         return list(self._take_items(entry))

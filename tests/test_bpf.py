@@ -667,12 +667,17 @@ def test_ipv6_atomic_fragment_is_delivered_without_reassembly() -> None:
         assert not accepts(V6, eth(0x86DD, ipv6(B6, A6, nonatomic, nh=44)))
 
 
-def test_arp_reply_clause() -> None:
+def test_arp_clause() -> None:
     program = endpoint_filter(family=4, local_ip=A4, local_port=PORT, arp_for=A4)
     assert accepts(program, eth(0x0806, arp(2, MAC_B, B4, MAC_A, A4)))
     assert accepts(program, eth(0x0806, arp(2, MAC_B, B4, MAC_A, A4), tags=((0x8100, 3),)))
     assert accepts(program, eth(0x0806, arp(2, MAC_B, B4, MAC_A, A4), dst=BROADCAST))
-    assert not accepts(program, eth(0x0806, arp(1, MAC_B, B4, bytes(6), A4)))  # a request
+    # A request to us, and a gratuitous announcement (sender = target) of anyone: claims.
+    assert accepts(program, eth(0x0806, arp(1, MAC_B, B4, bytes(6), A4), dst=BROADCAST))
+    assert accepts(program, eth(0x0806, arp(1, MAC_B, B4, bytes(6), B4), dst=BROADCAST))
+    assert accepts(program, eth(0x0806, arp(2, MAC_B, B4, BROADCAST, B4), dst=BROADCAST))
+    assert not accepts(program, eth(0x0806, arp(1, MAC_B, B4, bytes(6), OTHER4)))
+    assert not accepts(program, eth(0x0806, arp(3, MAC_B, B4, MAC_A, A4)))
     assert not accepts(program, eth(0x0806, arp(2, MAC_B, B4, MAC_A, OTHER4)))
     assert not accepts(program, eth(0x0806, arp(2, MAC_B, B4, MAC_A, A4, hlen=8)[:28]))
     assert not accepts(program, eth(0x0806, arp(2, MAC_B, B4, MAC_A, A4))[:41])  # truncated
@@ -686,8 +691,18 @@ def test_neighbour_advert_clause() -> None:
     assert accepts(program, eth(0x86DD, ipv6(B6, A6, advert, nh=58, hlim=255)))
     assert not accepts(program, eth(0x86DD, ipv6(B6, A6, advert, nh=58, hlim=254)))
     assert not accepts(program, eth(0x86DD, ipv6(B6, OTHER6, advert, nh=58, hlim=255)))
+    # A solicitation for our address (a claim), to its solicited-node group; an unsolicited
+    # advertisement to all-nodes (a claim too); nothing else of either.
+    solicited_node = ip("ff02::1:ff00:1")
     solicit = icmpv6(135, bytes(4) + A6)
-    assert not accepts(program, eth(0x86DD, ipv6(B6, A6, solicit, nh=58, hlim=255)))
+    assert accepts(program, eth(0x86DD, ipv6(B6, solicited_node, solicit, nh=58, hlim=255)))
+    assert not accepts(program, eth(0x86DD, ipv6(B6, solicited_node, solicit, nh=58, hlim=64)))
+    other = icmpv6(135, bytes(4) + OTHER6)
+    assert not accepts(program, eth(0x86DD, ipv6(B6, solicited_node, other, nh=58, hlim=255)))
+    all_nodes = ip("ff02::1")
+    assert accepts(program, eth(0x86DD, ipv6(B6, all_nodes, advert, nh=58, hlim=255)))
+    assert not accepts(program, eth(0x86DD, ipv6(B6, all_nodes, advert, nh=58, hlim=254)))
+    assert not accepts(program, eth(0x86DD, ipv6(B6, A6, icmpv6(134, bytes(20)), nh=58, hlim=255)))
     assert accepts(program, udp6())
     # An IPv4 endpoint can still take neighbour advertisements (nd_for given).
     mixed = endpoint_filter(family=4, local_ip=A4, local_port=PORT, nd_for=A6)

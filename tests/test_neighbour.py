@@ -799,3 +799,78 @@ def test_reachable_is_the_side_effect_free_fast_path() -> None:
     assert cache.reachable(2, ip, 30.5) is None  # STALE: resolve() must see it (it re-probes)
     assert cache.reachable(3, ip, 1.0) is None  # another interface
     assert not cache.has_requests
+
+
+# ------------------------------------------------------------------------------------- claims
+MAC3 = bytes.fromhex("020000000003")
+
+
+def test_a_claim_unanswered_by_the_old_mac_is_learnt_stale() -> None:
+    """A neighbour's request says it moved to MAC2: the old MAC is re-probed by unicast; three
+    probes unanswered (3 s), MAC2 is taken, STALE, and its first use re-probes MAC2 in turn."""
+    c = make()
+    reachable(c)
+    c.handle_claim(IF, A4, MAC2, 1.0)
+    assert c.requests_to_send() == [req(A4, 1, MAC1)]
+    assert c.lookup(IF, A4, 1.5) == MAC1  # the old MAC is served while it is verified
+    for attempt, t in ((2, 2.0), (3, 3.0)):
+        assert c.handle_timer(t) == []
+        assert c.requests_to_send() == [req(A4, attempt, MAC1)]
+    assert c.handle_timer(4.0) == []  # learnt, not failed: no datagram was waiting
+    assert c.state(IF, A4, 4.0) is NeighbourState.STALE
+    assert c.resolve(IF, A4, "next", 4.0) == MAC2
+    assert c.requests_to_send() == [req(A4, 1, MAC2)]
+    assert (c.stats["claims_verified"], c.stats["claims_learned"]) == (1, 1)
+
+
+def test_a_claim_refuted_by_the_old_mac_changes_nothing() -> None:
+    c = make()
+    reachable(c)
+    c.handle_claim(IF, A4, MAC2, 1.0)
+    c.requests_to_send()
+    # Neither the claimant nor a third MAC can answer the probe of the old one.
+    assert c.handle_reply(IF, A4, MAC2, 1.1) == []
+    assert c.handle_reply(IF, A4, MAC3, 1.2) == []
+    assert c.state(IF, A4, 1.2) is NeighbourState.PROBE
+    assert c.handle_reply(IF, A4, MAC1, 1.3) == []
+    assert c.state(IF, A4, 1.3) is NeighbourState.REACHABLE
+    assert c.lookup(IF, A4, 1.3) == MAC1
+    for t in (2.0, 3.0, 5.0):
+        assert c.handle_timer(t) == []
+    assert c.lookup(IF, A4, 5.0) == MAC1
+    assert c.stats["claims_refuted"] == 1
+    assert c.stats["claims_learned"] == 0
+    assert c.stats["unsolicited"] == 2
+
+
+def test_claims_that_are_ignored() -> None:
+    c = make()
+    c.handle_claim(IF, A4, MAC2, 0.0)  # no entry: claims never create one
+    assert len(c) == 0
+    assert c.resolve(IF, B4, "waiting", 0.0) is None
+    c.handle_claim(IF, B4, MAC2, 0.0)  # in resolution: the reply decides
+    reachable(c, C4)
+    c.handle_claim(IF, C4, MAC1, 0.5)  # the MAC it has
+    assert c.stats["claims_ignored"] == 3
+    c.handle_claim(IF, C4, MAC2, 1.0)
+    c.handle_claim(IF, C4, MAC3, 1.1)  # a second claim during the verification: the first wins
+    assert c.stats["claims_ignored"] == 4
+    for t in (2.0, 3.0, 4.0):
+        c.handle_timer(t)
+    assert c.lookup(IF, C4, 4.0) == MAC2
+    for mac in BAD_MACS:
+        c.handle_claim(IF, C4, mac, 5.0)
+    assert c.stats["bad_mac"] == len(BAD_MACS)
+    assert c.stats["claims_verified"] == 1
+
+
+def test_a_claim_during_a_stale_reprobe_joins_it() -> None:
+    c = make(reachable_time=1.0)
+    reachable(c)
+    assert c.resolve(IF, A4, "x", 1.5) == MAC1  # STALE in use: re-probed
+    assert c.requests_to_send() == [req(A4, 1, MAC1)]
+    c.handle_claim(IF, A4, MAC2, 1.6)
+    assert c.requests_to_send() == []  # the probe under way serves the claim too
+    for t in (2.5, 3.5, 4.5):
+        c.handle_timer(t)
+    assert c.lookup(IF, A4, 4.5) == MAC2

@@ -36,6 +36,7 @@ from tests.test_bpf import (
     arp,
     eth,
     icmpv6,
+    ip,
     ipv4,
     ipv6,
     neighbour_advert,
@@ -48,6 +49,7 @@ from tests.test_bpf import (
 PORTS = [PORT, PORT + 1, PORT + 2, PORT + 3]
 ADDRS4 = [A4, B4]
 ADDRS6 = [A6, B6]
+SNODE, ALL_NODES = ip("ff02::1:ff00:1"), ip("ff02::1")  # a solicited-node group, all-nodes
 BINDINGS: dict[int, list[bytes | None]] = {0: [None], 4: [None, *ADDRS4], 6: [None, *ADDRS6]}
 
 
@@ -116,11 +118,13 @@ def frames(draw: st.DrawFn) -> bytes:
         frame = eth(0x86DD, ipv6(B6, draw(st.sampled_from([*ADDRS6, OTHER6])), payload, nh=nh))
     elif kind == "arp":
         target = draw(st.sampled_from([*ADDRS4, OTHER4]))
-        op = draw(st.sampled_from([1, 2, 2]))
-        frame = eth(0x0806, arp(op, MAC_B, OTHER4, MAC_A, target))
+        sender = draw(st.sampled_from([OTHER4, target]))  # the second: gratuitous
+        op = draw(st.sampled_from([1, 2, 2, 3]))
+        frame = eth(0x0806, arp(op, MAC_B, sender, MAC_A, target))
     elif kind in ("nd", "icmp6"):
-        body = neighbour_advert(B6) if kind == "nd" else icmpv6(135, bytes(4) + A6)
-        dst = draw(st.sampled_from([*ADDRS6, OTHER6]))
+        target = draw(st.sampled_from([*ADDRS6, OTHER6]))
+        body = neighbour_advert(B6) if kind == "nd" else icmpv6(135, bytes(4) + target)
+        dst = draw(st.sampled_from([*ADDRS6, OTHER6, SNODE, ALL_NODES]))
         frame = eth(0x86DD, ipv6(B6, dst, body, nh=58, hlim=draw(st.sampled_from([255, 64]))))
     else:
         frame = draw(st.binary(max_size=90))
@@ -192,17 +196,28 @@ def test_neighbour_replies(
     program = stack_filter(
         [], arp_for=arp_for, nd_for=nd_for, neighbour_replies4=any4, neighbour_replies6=any6
     )
+    # Requests to those targets too (claims), and gratuitous ARP whenever ARP is taken at all.
+    sender = ip("198.18.7.9")
     for target in (*ADDRS4, OTHER4):
         expected = any4 or target in arp_for
-        assert accepts(program, eth(0x0806, arp(2, MAC_B, OTHER4, MAC_A, target))) is expected
-        assert not accepts(program, eth(0x0806, arp(1, MAC_B, OTHER4, MAC_A, target)))
+        assert accepts(program, eth(0x0806, arp(2, MAC_B, sender, MAC_A, target))) is expected
+        assert accepts(program, eth(0x0806, arp(1, MAC_B, sender, MAC_A, target))) is expected
+        assert not accepts(program, eth(0x0806, arp(3, MAC_B, sender, MAC_A, target)))
         assert not accepts(program, udp4(dst=target))
-    for dst in (*ADDRS6, OTHER6):
+    garp = eth(0x0806, arp(1, MAC_B, OTHER4, bytes(6), OTHER4))
+    assert accepts(program, garp) is bool(any4 or arp_for)
+    # Advertisements to those destinations and solicitations for those targets; unsolicited
+    # advertisements to all-nodes whenever neighbour discovery is taken at all.
+    for addr in (*ADDRS6, OTHER6):
         advert = neighbour_advert(B6)
-        expected = any6 or dst in nd_for
-        assert accepts(program, eth(0x86DD, ipv6(B6, dst, advert, nh=58, hlim=255))) is expected
-        assert not accepts(program, eth(0x86DD, ipv6(B6, dst, advert, nh=58, hlim=254)))
-        assert not accepts(program, udp6(dst=dst))
+        solicit = icmpv6(135, bytes(4) + addr)
+        expected = any6 or addr in nd_for
+        assert accepts(program, eth(0x86DD, ipv6(B6, addr, advert, nh=58, hlim=255))) is expected
+        assert not accepts(program, eth(0x86DD, ipv6(B6, addr, advert, nh=58, hlim=254)))
+        assert accepts(program, eth(0x86DD, ipv6(B6, SNODE, solicit, nh=58, hlim=255))) is expected
+        assert not accepts(program, udp6(dst=addr))
+    all_nodes = eth(0x86DD, ipv6(B6, ALL_NODES, neighbour_advert(B6), nh=58, hlim=255))
+    assert accepts(program, all_nodes) is bool(any6 or nd_for)
 
 
 def test_no_entries_rejects_everything() -> None:

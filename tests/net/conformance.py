@@ -404,6 +404,18 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+#: The neighbour resolver's counters that count frames it took (replies and claims), one each;
+#: the others count outcomes.
+NEIGHBOUR_FRAMES = (
+    "replies_accepted", "unsolicited", "duplicate_reply", "claims_verified", "claims_ignored",
+)  # fmt: skip
+
+
+def neighbour_frames(neighbour: dict[str, int]) -> int:
+    """How many frames the neighbour resolver took, from its ``stats``."""
+    return sum(neighbour[k] for k in NEIGHBOUR_FRAMES)
+
+
 async def wait_stacks_closed(timeout: float = TIMEOUT) -> None:
     """Wait until every raw stack of the running loop has closed (after its linger) and its
     packet sockets are closed (rawtransport.workers)."""

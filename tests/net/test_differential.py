@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from rawtransport import create_raw_datagram_endpoint
 from rawtransport.packet import build_udp
+from tests.net.conformance import neighbour_frames
 from tests.netns import VethPair, setns
 from tests.test_receive_checks import ether, ipv4, ipv6, tlv, udp
 
@@ -497,7 +498,7 @@ def stack_accounted(endpoints: list[dict[str, Any]]) -> int:
     return int(
         sum(s["received"] for s in endpoints)
         + stack["dropped_total"]
-        + sum(neighbour[k] for k in ("replies_accepted", "unsolicited", "duplicate_reply"))
+        + neighbour_frames(neighbour)
         + reassembly.get("pending", 0)
         + reassembly.get("merged", 0)
     )

@@ -424,11 +424,15 @@ def test_arp_replies_for_our_address(veth: VethPair, peer: PeerB, guard4: socket
         guard4.sendto(b"to-b", (veth.ip4_b, 9))
         peer.frame(peer.eth(0x0806, arp(2, mb, b4, ma, a4) + case("reply-ours")))
         peer.frame(peer.eth(0x0806, arp(2, mb, b4, ma, other) + case("reply-other-target")))
+        # Claims: a request to us, a gratuitous ARP (sender = target) of anyone's.
         peer.frame(peer.eth(0x0806, arp(1, mb, b4, bytes(6), a4) + case("request")))
+        peer.frame(peer.eth(0x0806, arp(1, mb, b4, bytes(6), other) + case("request-other")))
+        peer.frame(peer.eth(0x0806, arp(1, mb, other, bytes(6), other) + case("gratuitous")))
         peer.send("marker", veth.ip4_a, port)
         seen = collect(sock, {"marker", natural})
     # B's ICMP port-unreachable for "to-b" is rejected too (not UDP).
-    assert labels(seen) == collections.Counter([natural, "reply-ours", "marker"])
+    expected = [natural, "reply-ours", "request", "gratuitous", "marker"]
+    assert labels(seen) == collections.Counter(expected)
 
 
 def test_neighbour_advertisements_for_our_address(
@@ -449,11 +453,16 @@ def test_neighbour_advertisements_for_our_address(
         peer.frame(advert("advert-ours", a6))
         peer.frame(advert("advert-hop-limit-254", a6, hlim=254))
         peer.frame(advert("advert-other-target", other))
+        # Claims: a solicitation for our address, an unsolicited advertisement to all-nodes.
         solicit = icmpv6(135, bytes(4) + a6) + case("solicitation")
         peer.frame(peer.eth(0x86DD, ipv6(b6, a6, solicit, nh=58, hlim=255)))
+        solicit_other = icmpv6(135, bytes(4) + other) + case("solicitation-other")
+        peer.frame(peer.eth(0x86DD, ipv6(b6, a6, solicit_other, nh=58, hlim=255)))
+        peer.frame(advert("advert-all-nodes", ip("ff02::1")))
         peer.send("marker", veth.ip6_a, port)
         seen = collect(sock, {"marker", natural})
-    assert labels(seen) == collections.Counter([natural, "advert-ours", "marker"])
+    expected = [natural, "advert-ours", "solicitation", "advert-all-nodes", "marker"]
+    assert labels(seen) == collections.Counter(expected)
 
 
 # -------------------------------------------------------------------------------- drop_all
