@@ -28,10 +28,14 @@ CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 
 _GRANT_RAW = (
-    "run as root, or grant CAP_NET_RAW to the process only: e.g. "
-    "`sudo setpriv --inh-caps=+net_raw --ambient-caps=+net_raw python …`, or "
-    "AmbientCapabilities=CAP_NET_RAW in a systemd unit; never setcap the shared python binary"
+    "run as root, or grant CAP_NET_RAW to the process only, as your own user: e.g. "
+    '`sudo setpriv --reuid="$(id -u)" --regid="$(id -g)" --init-groups '
+    "--inh-caps=+net_raw --ambient-caps=+net_raw python …` (without --reuid the program runs as "
+    "root), or AmbientCapabilities=CAP_NET_RAW in a systemd unit; never setcap the shared python "
+    "binary"
 )
+#: ``SO_BUSY_POLL`` (asm-generic/socket.h): known to the kernel iff CONFIG_NET_RX_BUSY_POLL.
+SO_BUSY_POLL = 46
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ def _packet_socket() -> tuple[socket.socket | None, str]:
 
 
 def check_privileges() -> list[Check]:
-    """CAP_NET_RAW (by opening an AF_PACKET socket) and CAP_NET_ADMIN (for the bench)."""
+    """CAP_NET_RAW (by opening an AF_PACKET socket) and CAP_NET_ADMIN (kernel_bypass, the bench)."""
     sock, why = _packet_socket()
     checks = []
     if sock is not None:
@@ -92,15 +96,18 @@ def check_privileges() -> list[Check]:
             Check("CAP_NET_RAW", "missing", f"AF_PACKET socket refused: {why}", _GRANT_RAW)
         )
     if (_caps() >> CAP_NET_ADMIN) & 1:
-        checks.append(Check("CAP_NET_ADMIN", "ok", "can build the bench's namespaces"))
+        checks.append(
+            Check("CAP_NET_ADMIN", "ok", "kernel_bypass and the bench's namespaces are possible")
+        )
     else:
         checks.append(
             Check(
                 "CAP_NET_ADMIN",
                 "missing",
                 "not held",
-                "the bench builds network namespaces and a veth pair: run it as root "
-                "(the library itself needs only CAP_NET_RAW)",
+                "kernel_bypass=True (its nftables table) and busy_poll above net.core.busy_read "
+                "need it, and the bench builds network namespaces: run those as root (the raw "
+                "path itself needs only CAP_NET_RAW)",
             )
         )
     return checks
@@ -242,6 +249,19 @@ def check_busy_poll() -> list[Check]:
     poll = _read("/proc/sys/net/core/busy_poll")
     read = _read("/proc/sys/net/core/busy_read")
     if poll is None and read is None:
+        # The sysctls belong to the initial network namespace only (net_core_table is registered
+        # for init_net): absent in any other even when the kernel busy-polls. The socket option
+        # says which it is.
+        if _so_busy_poll_known():
+            return [
+                Check(
+                    "busy-poll",
+                    "ok",
+                    "supported (SO_BUSY_POLL); net.core.busy_poll/busy_read are not visible in "
+                    "this network namespace",
+                    "the sysctls are set in the initial namespace; `busy_poll=` sets it per stack",
+                )
+            ]
         return [
             Check(
                 "busy-poll", "missing", "sysctls absent", "kernel without CONFIG_NET_RX_BUSY_POLL"
@@ -259,6 +279,16 @@ def check_busy_poll() -> list[Check]:
             )
         ]
     return [Check("busy-poll", "ok", value)]
+
+
+def _so_busy_poll_known() -> bool:
+    """Whether the kernel knows ``SO_BUSY_POLL`` (ENOPROTOOPT without CONFIG_NET_RX_BUSY_POLL)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.getsockopt(socket.SOL_SOCKET, SO_BUSY_POLL)
+    except OSError:
+        return False
+    return True
 
 
 def check_tools() -> list[Check]:

@@ -39,6 +39,31 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == (0 if data["usable"] else 1)
 
 
+@pytest.mark.parametrize(("known", "status"), [(True, "ok"), (False, "missing")])
+def test_busy_poll_sysctls_absent(
+    monkeypatch: pytest.MonkeyPatch, known: bool, status: str
+) -> None:
+    """Outside the initial network namespace the sysctls are absent: the socket option tells a
+    kernel that busy-polls from one that cannot."""
+    monkeypatch.setattr(doctor, "_read", lambda path: None)
+    monkeypatch.setattr(doctor, "_so_busy_poll_known", lambda: known)
+    (check,) = doctor.check_busy_poll()
+    assert check.status == status
+    assert ("CONFIG_NET_RX_BUSY_POLL" in check.advice) is (not known)
+
+
+def test_so_busy_poll_probe_matches_this_kernel() -> None:
+    # A kernel that shows the sysctl busy-polls and knows the option.
+    if doctor._read("/proc/sys/net/core/busy_poll") is not None:
+        assert doctor._so_busy_poll_known()
+
+
+def test_grant_advice_keeps_the_user() -> None:
+    """setpriv without --reuid would leave the program running as root."""
+    assert "--reuid=" in doctor._GRANT_RAW
+    assert "--init-groups" in doctor._GRANT_RAW
+
+
 def test_a_failing_check_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom() -> list[doctor.Check]:
         raise RuntimeError("odd machine")
