@@ -16,6 +16,7 @@ from rawtransport.anyio_socket import (
 )
 from rawtransport.errors import MalformedPacketError, RawTransportError
 from rawtransport.loop import create_raw_datagram_endpoint, install
+from rawtransport.privileges import drop_privileges
 from rawtransport.transport import RawDatagramTransport
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "create_raw_connected_udp_socket",
     "create_raw_datagram_endpoint",
     "create_raw_udp_socket",
+    "drop_privileges",
     "install",
 ]
 

@@ -276,6 +276,7 @@ class RawUdpEndpoint:
         if self.bypass is not None:
             stats["kernel_bypass"] = {
                 "active": self.bypass.alive,
+                "pid": self.bypass.pid,  # the nft child holding the table
                 "dropped": self.bypass.dropped(),
                 "interfaces": list(self.bypass.interfaces),
             }

@@ -59,6 +59,7 @@ import secrets
 import select
 import subprocess
 import time
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
@@ -70,6 +71,7 @@ __all__ = [
     "NftBypass",
     "NftError",
     "chain_command",
+    "close_all",
     "drop_rules",
     "table_command",
     "table_name",
@@ -374,6 +376,13 @@ def _read(fd: int) -> bytes:
         return b""
 
 
+def close_all() -> None:
+    """Close every open bypass (:func:`rawtransport.privileges.drop_privileges` ends the ``nft``
+    children, which hold CAP_NET_ADMIN in processes of their own)."""
+    for bypass in list(_live):
+        bypass.close()
+
+
 class NftBypass:
     """One endpoint's owned nftables table, kept alive by a child ``nft -i``.
 
@@ -424,6 +433,7 @@ class NftBypass:
             bypass.closed = True
             session.close(timeout)
             raise
+        _live.add(bypass)
         return bypass
 
     def _hook_for(self, device: str, ethernet: bool) -> Hook:
@@ -488,3 +498,7 @@ class NftBypass:
             return
         self.closed = True
         self._session.close(self._timeout)
+
+
+# Open bypasses, for close_all(); an endpoint's close (or its collection) takes its own out.
+_live: weakref.WeakSet[NftBypass] = weakref.WeakSet()
