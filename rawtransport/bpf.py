@@ -100,10 +100,12 @@ BPF_MAXINSNS: Final = 4096
 # Ancillary loads: ``ld [SKF_AD_OFF + n]`` reads skb metadata instead of packet bytes.
 SKF_AD_OFF: Final = -0x1000
 SKF_AD_PKTTYPE: Final = 4
+SKF_AD_IFINDEX: Final = 8  # the receiving device's ifindex (skb->dev->ifindex)
 SKF_AD_VLAN_TAG: Final = 44  # the tag's TCI (skb->vlan_tci), 0 without one
 SKF_AD_VLAN_TAG_PRESENT: Final = 48
 _ANC_NAMES: Final = {
     SKF_AD_PKTTYPE: "type",
+    SKF_AD_IFINDEX: "ifidx",
     SKF_AD_VLAN_TAG: "vlan_tci",
     SKF_AD_VLAN_TAG_PRESENT: "vlan_avail",
 }
@@ -640,13 +642,15 @@ def run(
     pkttype: int = 0,
     vlan_tag_present: bool = False,
     vlan_tci: int = 0,
+    ifindex: int = 0,
 ) -> int:
     """Run ``program`` over ``packet`` as the kernel would; return the accepted length (0 = drop).
 
     The kernel truncates a packet to the filter's return value, so the result is
     ``min(ret, len(packet))``. A load past the end of the packet ends the program with 0, as in
-    the kernel's ``bpf_skb_load_helper``. ``pkttype``, ``vlan_tag_present`` and ``vlan_tci`` are what
-    the ancillary loads ``ld type``, ``ld vlan_avail`` and ``ld vlan_tci`` see. Raises ``ValueError`` for operations it
+    the kernel's ``bpf_skb_load_helper``. ``pkttype``, ``vlan_tag_present``, ``vlan_tci`` and
+    ``ifindex`` are what the ancillary loads ``ld type``, ``ld vlan_avail``, ``ld vlan_tci`` and
+    ``ld ifidx`` see. Raises ``ValueError`` for operations it
     does not implement.
     """
     insns = program.raw
@@ -665,6 +669,8 @@ def run(
                     anc = off - SKF_AD_OFF
                     if anc == SKF_AD_PKTTYPE:
                         a = pkttype
+                    elif anc == SKF_AD_IFINDEX:
+                        a = ifindex
                     elif anc == SKF_AD_VLAN_TAG_PRESENT:
                         a = int(vlan_tag_present)
                     elif anc == SKF_AD_VLAN_TAG:

@@ -45,6 +45,7 @@ from itertools import chain, groupby, repeat
 from typing import Final, TypeAlias
 
 from rawtransport.bpf import (
+    BPF_ABS,
     BPF_H,
     BPF_IND,
     BPF_JA,
@@ -58,6 +59,8 @@ from rawtransport.bpf import (
     BPF_W,
     PACKET_OTHERHOST,
     PACKET_OUTGOING,
+    SKF_AD_IFINDEX,
+    SKF_AD_OFF,
     SKF_AD_PKTTYPE,
     SKF_AD_VLAN_TAG,
     SKF_AD_VLAN_TAG_PRESENT,
@@ -535,6 +538,7 @@ _JEQ: Final = BPF_JMP | BPF_JEQ | BPF_K
 _JGE: Final = BPF_JMP | BPF_JGE | BPF_K
 _JA: Final = BPF_JMP | BPF_JA
 _RET: Final = BPF_RET | BPF_K
+_LD_ABS: Final = BPF_LD | BPF_W | BPF_ABS
 _LD_IND: Final = BPF_LD | BPF_W | BPF_IND
 _LDH_IND: Final = BPF_LD | BPF_H | BPF_IND
 # A conditional jump lands at most 255 instructions past the next one (u8 jt/jf in struct
@@ -748,6 +752,16 @@ class _Tail:
         self.fields += (offset, 0, 0, _LD_IND)
         return self.mark()
 
+    def on_device(self, ifindex: int, hit: int, miss: int) -> int:
+        """Jump to ``hit`` when the frame came in on ``ifindex`` (``ld ifidx``), else to ``miss``;
+        return the check as a target."""
+        self.within_reach((hit, miss), 1)
+        pc = len(self)
+        near = self.near
+        anc = (SKF_AD_OFF + SKF_AD_IFINDEX) & _U32
+        self.fields += (ifindex, pc - near[miss] - 1, pc - near[hit] - 1, _JEQ, anc, 0, 0, _LD_ABS)
+        return self.mark()
+
     def family(self, ipv4: int, ipv6: int) -> int:
         """Go on to ``ipv4`` or ``ipv6`` by the frame's ethertype; return the check as a target."""
         self.within_reach((ipv4, ipv6), 1)
@@ -865,6 +879,9 @@ def stack_filter(
     neighbour_replies6: bool = False,
     accept_vlan: bool = False,
     snaplen: int = 262144,
+    local4: Iterable[bytes] | None = None,
+    local6: Iterable[bytes] | None = None,
+    loopback: int | None = None,
 ) -> Program:
     """The receive filter of a packet socket shared by ``entries``: their union, as one program.
 
@@ -885,6 +902,13 @@ def stack_filter(
       ``neighbour_replies4``), neighbour advertisements (hop limit 255) to one of ``nd_for`` and
       solicitations for one of them (any, with ``neighbour_replies6``), and, with any of these,
       gratuitous ARP and advertisements to all-nodes, as :func:`endpoint_filter` takes them.
+
+    Wildcard entries: ``local4`` and ``local6``, when given, are the destinations a wildcard entry
+    of that family takes (the host's own, broadcast and always-joined addresses, as the engine's
+    socket lookup takes them; the entries' bound addresses are added), so that datagrams to other
+    addresses on its port never leave the kernel; ``None`` (the default) takes any. Frames that came in on ``loopback`` (an ifindex)
+    take any destination all the same: only local traffic runs there, to prefixes (127/8) that no
+    list of addresses covers.
 
     The same leading rejects as ``endpoint_filter``: ``PACKET_OTHERHOST``, ``PACKET_OUTGOING``, and
     VLAN-tagged frames unless ``accept_vlan`` (then also one in-band tag). An entry has no remote
@@ -918,6 +942,18 @@ def stack_filter(
         _check_addr("arp_for", addr, 4)
     for addr in nd_targets:
         _check_addr("nd_for", addr, 16)
+    wild: dict[int, _Bound] = {_X_DST4: None, _X_DST6: None}
+    for offset, given, family in ((_X_DST4, local4, 4), (_X_DST6, local6, 6)):
+        if given is not None:
+            addrs = {bytes(addr) for addr in given}
+            for addr in addrs:
+                _check_addr(f"local{family}", addr, 4 if family == 4 else 16)
+            # An address an entry is bound to is local too: a port a wildcard shares with bound
+            # entries takes theirs as well, whatever the list says.
+            addrs.update(e.local_ip for e in entries if e.family == family and e.local_ip)
+            wild[offset] = _bound(addrs) if addrs else frozenset()
+    if loopback is not None and (type(loopback) is not int or loopback < 1):
+        raise ValueError(f"loopback must be an ifindex (>= 1), not {loopback!r}")
     _check_snaplen(snaplen)
     if not (entries or arp_targets or nd_targets or neighbour_replies4 or neighbour_replies6):
         return drop_all()
@@ -948,12 +984,22 @@ def stack_filter(
     tail = _Tail()
     reject = tail.ret(0)
     accept = tail.ret(snaplen)
-    checks: dict[tuple[int, _Bound], int] = {}
+    checks: dict[tuple[int, _Bound], int] = {}  # (offset, None): a wildcard's, as given
 
     def check(offset: int, bound: _Bound) -> int:
-        """The check that accepts when the address at ``[x + offset]`` is one of ``bound``."""
+        """The check that accepts when the address at ``[x + offset]`` is one of ``bound``
+        (``None``: a wildcard's, one of the family's local addresses if given)."""
         if bound is None:
-            return accept
+            local = wild[offset]
+            if local is None:
+                return accept
+            found = checks.get((offset, None))
+            if found is None:
+                found = check(offset, local) if local else reject
+                if loopback is not None:
+                    found = tail.on_device(loopback, accept, found)
+                checks[offset, None] = found
+            return found
         if not bound:
             return reject
         found = checks.get((offset, bound))

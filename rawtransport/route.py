@@ -266,6 +266,10 @@ class LocalAddresses:
         netmask)`` ints (for the compiled receive path, :mod:`rawtransport.host`)."""
         return sorted(self._local), list(self._local_nets)
 
+    def broadcast_addresses(self) -> list[bytes]:
+        """The IPv4 broadcast addresses :meth:`is_broadcast` knows, sorted."""
+        return sorted(self._broadcast)
+
     def is_broadcast(self, address: bytes) -> bool:
         """True for 255.255.255.255 and the subnet-directed broadcast of any local IPv4 prefix."""
         return len(address) == 4 and address in self._broadcast

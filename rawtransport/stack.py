@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 from rawtransport.bpf_filter import FilterEntry, drop_all, stack_filter
 from rawtransport.datapath import ACCEL
 from rawtransport.engine import FrameMeta, OutgoingFrame, UdpEngine
+from rawtransport.engine_types import ALWAYS_JOINED, ZERO4
 from rawtransport.host import Host
 from rawtransport.link import PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
 from rawtransport.nft import NftError
 from rawtransport.ring_setup import RX_MODES, Receiver, RingReceiver, TxRing, open_receiver
-from rawtransport.route import LinkInfo, LocalAddresses, Route, RouteCache
+from rawtransport.route import LOOPBACK_IFINDEX, LinkInfo, LocalAddresses, Route, RouteCache
 from rawtransport.workers import close_in_background
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class RawStack:
         # no_socket). None: as defer_filter.
         self.defer_narrow: Callable[[], None] | None = None
         self._filter_dirty = False
+        self._filter_wildcard = False  # the filter lists the host's addresses (a wildcard endpoint)
         self._widen_scheduled = self._narrow_scheduled = False
         self._refresh()
 
@@ -283,6 +285,7 @@ class RawStack:
         nd_for: set[bytes] = set()
         any4 = any6 = False
         fragments = False
+        wildcard = False
         cached = self._entries
         for engine in self.endpoints:
             cfg = engine.config
@@ -296,6 +299,7 @@ class RawStack:
             if cfg.local_ip is None:
                 any4 = any4 or family in (0, 4)
                 any6 = any6 or family in (0, 6)
+                wildcard = True
             elif cfg.family == 4:
                 arp_for.add(cfg.local_ip)
             else:
@@ -313,8 +317,32 @@ class RawStack:
             neighbour_replies6=any6,
             # No VLAN device here: the kernel would drop tagged frames (vlan_do_receive()).
             accept_vlan=False,
+            # A wildcard endpoint takes what is local: datagrams to other addresses on its port
+            # stay in the kernel (they would be dropped as not_local).
+            **(self._wildcard_destinations() if wildcard else {}),
         )
+        self._filter_wildcard = wildcard
         self.receiver.set_filter(program)
+
+    def _wildcard_destinations(self) -> dict[str, Any]:
+        """``stack_filter``'s ``local4``, ``local6`` and ``loopback``: what the socket lookup gives a
+        wildcard endpoint (``UdpEngine._check_addresses``): the host's addresses, the IPv4
+        broadcasts, 0.0.0.0 (DHCP's ``brd_input``) and the always-joined groups; any destination
+        on the loopback device, whose local prefixes (127/8) no list covers. A local prefix
+        elsewhere (an "AnyIP" route on lo for a whole subnet, taken from any device) cannot be
+        listed either: then IPv4 takes any destination, as before."""
+        local = self.host.local
+        addrs, nets = local.local_view()
+        v4: list[bytes] | None = [a for a in addrs if len(a) == 4]
+        if any(net >> 24 != 127 for net, _mask in nets):
+            v4 = None
+        else:
+            assert v4 is not None
+            v4 += [*local.broadcast_addresses(), ZERO4, *(g for g in ALWAYS_JOINED if len(g) == 4)]
+        v6 = [a for a in addrs if len(a) == 16] + [g for g in ALWAYS_JOINED if len(g) == 16]
+        link = self._links.get(self.ifindex) if self.ifindex is not None else None
+        on_loopback = self.ifindex is None or (link is not None and link.is_loopback)
+        return {"local4": v4, "local6": v6, "loopback": LOOPBACK_IFINDEX if on_loopback else None}
 
     # ------------------------------------------------------------------------------- netlink
     @property
@@ -326,6 +354,8 @@ class RawStack:
         self._routes.invalidate()
         self.host.invalidate_tx()
         self.host.set_local_addresses(LocalAddresses(self._rtnl.addresses()))
+        if self._filter_wildcard:
+            self._filter_changed()  # its addresses are in the filter
         links = {link.ifindex: link for link in self._rtnl.links()}
         for gone in self._links.keys() - links.keys():
             for endpoint in self.endpoints.values():

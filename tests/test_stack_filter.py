@@ -511,3 +511,79 @@ def test_random_entry_sets_mean_their_union_and_pass_the_kernel() -> None:
                     frame = (udp4 if family == 4 else udp6)(dst, entry.local_port)
                     expected = expected_udp(entries, family, dst, entry.local_port)
                     assert accepts(program, frame) is expected
+
+
+def _destination(frame: bytes) -> tuple[int, bytes | None] | None:
+    """(family, destination) of an IP frame that a wildcard's address check applies to (UDP,
+    fragments, extension headers; not ARP or ICMPv6), None for others; a cut destination is None."""
+    off = 12
+    while frame[off : off + 2] in (b"\x81\x00", b"\x88\xa8"):
+        off += 4
+    ethertype = frame[off : off + 2]
+    base = off + 2
+    if ethertype == b"\x08\x00":
+        dst = frame[base + 16 : base + 20]
+        return 4, dst if len(dst) == 4 else None
+    if ethertype == b"\x86\xdd" and frame[base + 6 : base + 7] != b"\x3a":
+        dst = frame[base + 24 : base + 40]
+        return 6, dst if len(dst) == 16 else None
+    return None
+
+
+@given(
+    st.lists(filter_entries(), min_size=1, max_size=12),
+    st.lists(frames(), min_size=1, max_size=30),
+    st.sets(st.sampled_from([*ADDRS4, OTHER4])),
+    st.sets(st.sampled_from([*ADDRS6, OTHER6])),
+    st.sampled_from([None, 1]),
+    st.sampled_from([1, 2]),
+    st.booleans(),
+)
+def test_wildcard_entries_take_only_the_local_destinations(
+    entries: list[FilterEntry],
+    frame_list: list[bytes],
+    local4: set[bytes],
+    local6: set[bytes],
+    loopback: int | None,
+    ifindex: int,
+    accept_vlan: bool,
+) -> None:
+    """Issue 14, item 7: with the host's addresses given, a wildcard entry takes a datagram (or a
+    fragment, or an extension-header chain) only to one of them, or on the loopback device; what
+    a bound entry takes, and neighbour traffic, are as before."""
+    program = stack_filter(
+        entries,
+        accept_vlan=accept_vlan,
+        local4=local4,
+        local6=local6,
+        loopback=loopback,
+        **stack_arguments(entries),  # type: ignore[arg-type]
+    )
+    singles = [
+        (e, own_filter(e, allow_fragments=True, accept_vlan=accept_vlan)) for e in set(entries)
+    ]
+    # The entries' bound addresses are local too (stack_filter adds them).
+    wild = {f: {*local, *(e.local_ip for e in entries if e.family == f and e.local_ip)}
+            for f, local in ((4, local4), (6, local6))}  # fmt: skip
+
+    def allowed(entry: FilterEntry, where: tuple[int, bytes | None] | None) -> bool:
+        if entry.local_ip is not None or where is None or ifindex == loopback:
+            return True
+        family, dst = where
+        return dst is not None and dst in wild[family]
+
+    for frame in frame_list:
+        where = _destination(frame) if len(frame) >= 14 else None
+        union = any(accepts(p, frame, ifindex=ifindex) and allowed(e, where) for e, p in singles)
+        assert accepts(program, frame, ifindex=ifindex) is union
+
+
+def test_wildcard_without_local_addresses_takes_only_loopback_frames() -> None:
+    entries = [FilterEntry(4, None, PORT)]
+    program = stack_filter(entries, local4=(), loopback=1)
+    assert not accepts(program, udp4(dst=A4, dport=PORT), ifindex=2)
+    assert accepts(program, udp4(dst=A4, dport=PORT), ifindex=1)
+    with pytest.raises(ValueError, match="loopback"):
+        stack_filter(entries, local4=(), loopback=0)
+    with pytest.raises(ValueError, match="local6"):
+        stack_filter(entries, local6=[A4])

@@ -8,6 +8,7 @@ import asyncio
 import errno
 import resource
 import socket
+import subprocess
 from typing import Any
 
 import rawtransport
@@ -147,3 +148,59 @@ def test_faults_on_a_shared_stack_reach_the_endpoints_they_concern(veth: VethPai
     assert out["dummy_lost"].errno == errno.ENETDOWN
     assert out["v4_error"].errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL)
     assert out["closing"] == {"v4": False, "v6": False, "any": False, "dummy": True}
+
+
+def test_a_wildcard_endpoint_takes_only_local_destinations(veth: VethPair) -> None:
+    """Issue 14, item 7: frames to A's MAC and a wildcard endpoint's port, but to an address A
+    does not have (a router's transit traffic, a flood), stay in the kernel: the stack reads none
+    of them (they all reached user space, then were dropped as ``not_local``). An address added
+    later enters the filter once the stack has heard of it: a datagram to it is delivered."""
+    from rawtransport import stack_loop
+
+    prefix = veth.prefix4.rsplit(".", 1)[0]
+    foreign, added = f"{prefix}.77", f"{prefix}.99"
+
+    def frame(dst: str, port: int, payload: bytes) -> bytes:
+        from scapy.layers.inet import IP, UDP
+        from scapy.layers.l2 import Ether
+
+        eth = Ether(src=veth.mac_b, dst=veth.mac_a)
+        return bytes(eth / IP(src=veth.ip4_b, dst=dst) / UDP(sport=40000, dport=port) / payload)
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        t, p = await rawtransport.create_raw_datagram_endpoint(Recorder, local_addr=("0.0.0.0", 0))
+        port = t.get_extra_info("sockname")[1]
+        peer = Peer.create(veth, 4)
+        try:
+            with setns(veth.ns_b):
+                raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            with raw:
+                raw.bind((veth.if_b, 0))
+                for i in range(200):
+                    raw.send(frame(foreign, port, b"foreign %d" % i))
+                raw.send(frame(veth.ip4_a, port, b"marker"))
+            assert (await asyncio.wait_for(p.data.get(), TIMEOUT))[0] == b"marker"
+            first = dict(t.get_extra_info("stats"))
+            subprocess.run(
+                ["ip", "-n", veth.ns_a, "addr", "add", f"{added}/32", "dev", veth.if_a], check=True
+            )
+            (stack,) = stack_loop._stacks[asyncio.get_running_loop()].values()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TIMEOUT
+            while not stack.stack.addresses.is_local(socket.inet_aton(added)) or (
+                stack.stack._filter_dirty
+            ):
+                assert loop.time() < deadline, "the stack never heard of the address"
+                await asyncio.sleep(0.01)
+            peer.sock.sendto(b"to the new address", (added, port))
+            data, _ = await asyncio.wait_for(p.data.get(), TIMEOUT)
+            assert data == b"to the new address"
+            return first, dict(t.get_extra_info("stats"))
+        finally:
+            peer.close()
+            t.close()
+            await asyncio.wait_for(p.lost, TIMEOUT)
+
+    first, _second = in_a(veth, main)
+    assert first["dropped"].get("not_local", 0) == 0, first["dropped"]
+    assert first["stack"]["dropped"].get("no_socket", 0) == 0, first["stack"]["dropped"]
