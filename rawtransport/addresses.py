@@ -6,7 +6,7 @@ import operator
 import socket
 from typing import Any
 
-__all__ = ["parse_address"]
+__all__ = ["parse_address", "raw_peer"]
 
 
 def _port(value: Any) -> int:
@@ -81,3 +81,16 @@ def parse_address(
     if cache is not None and plain and len(cache) < 4096:
         cache[addr] = result
     return result
+
+
+def raw_peer(sock: socket.socket, connected_to: Any = None) -> tuple[bytes, int]:
+    """A connected socket's peer as (raw address, port). A UDP socket connected to port 0 has one,
+    but getpeername() says ENOTCONN (inet_getname() wants a port): ``connected_to``, the address
+    it was connected to, then says it."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        if connected_to is None:
+            raise
+        host, port = connected_to[0], 0
+    return socket.inet_pton(sock.family, host.split("%")[0]), port

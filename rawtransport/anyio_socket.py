@@ -80,6 +80,7 @@ from anyio import (
 from anyio.abc import ConnectedUDPSocket, IPAddressType, IPSockAddrType, UDPSocket
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
+from rawtransport.addresses import raw_peer
 from rawtransport.endpoint import RawUdpEndpoint, filter_entry, reuse_port, stack_options
 from rawtransport.engine import DatagramReceived, Event, OutgoingFrame
 from rawtransport.stack import StackOptions
@@ -241,7 +242,7 @@ class _Socket:
                 return self.queue.popleft()
             yielded = await self.stack.round(self) or yielded
 
-    async def send(self, data: Any, addr: Any) -> None:
+    async def send(self, data: Any, addr: Any, connected: bool = False) -> None:
         await checkpoint_if_cancelled()
         self.check_usable()
         fast = self.fast_tx
@@ -254,7 +255,7 @@ class _Socket:
         self.check_usable()
         engine = self.engine
         mark = engine.pending_resolution
-        self.ep.send(data, addr, time.monotonic())
+        self.ep.send(data, addr, time.monotonic(), connected)
         errors = self.flush()
         if errors:
             # What the packet socket refused (ENETDOWN, EMSGSIZE …) is what sendto() would raise.
@@ -392,7 +393,13 @@ class RawConnectedUDPSocket(ConnectedUDPSocket):
 
     def __init__(self, endpoint: RawUdpEndpoint, stack: AnyioStack, *, receive_queue: int) -> None:
         self._sock = _Socket(endpoint, stack, receive_queue=receive_queue, connected=True)
-        self._peer = endpoint.guard.getpeername()
+        try:
+            self._peer: tuple[Any, ...] = endpoint.guard.getpeername()
+        except OSError:
+            # Connected to port 0: getpeername() says ENOTCONN, though the socket has a peer.
+            remote = endpoint.engine.config.remote_ip
+            assert remote is not None
+            self._peer = (socket.inet_ntop(endpoint.guard.family, remote), 0)
         self._receive_guard = anyio.ResourceGuard("reading from")
         self._send_guard = anyio.ResourceGuard("writing to")
 
@@ -418,7 +425,7 @@ class RawConnectedUDPSocket(ConnectedUDPSocket):
     async def send(self, item: bytes) -> None:
         """Send one datagram to the peer."""
         with self._send_guard:
-            await self._sock.send(item, self._peer)
+            await self._sock.send(item, self._peer, connected=True)
 
     async def aclose(self) -> None:
         """Close the socket; blocked and later calls raise ``ClosedResourceError``."""
@@ -474,8 +481,7 @@ def _make_guard(
         if remote_address:
             # A UDP connect() never blocks; it raises ENETUNREACH, EACCES (broadcast) … at once.
             guard.connect(remote_address)
-            host, port = guard.getpeername()[:2]
-            remote = (socket.inet_pton(family, host.split("%")[0]), port)
+            remote = raw_peer(guard, remote_address)
         if guard.getsockname()[1] == 0:
             # The raw endpoint needs its port now; a kernel socket autobinds on first use.
             guard.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))

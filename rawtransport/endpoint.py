@@ -189,8 +189,13 @@ class RawUdpEndpoint:
         return None
 
     # ------------------------------------------------------------------------------------- send
-    def send(self, data: bytes | bytearray | memoryview, addr: Any, now: float) -> None:
+    def send(
+        self, data: bytes | bytearray | memoryview, addr: Any, now: float, connected: bool = False
+    ) -> None:
         """Hand one datagram to the engine; frames wait in ``engine.frames_to_send()``.
+
+        ``connected``: ``addr`` is the connected peer's, as ``send(2)`` on a connected socket
+        takes it (port 0 included: udp_sendmsg() checks the port of an address given only).
 
         Raises ``BufferError`` for a buffer that is not C-contiguous,
         ``TypeError``/``OverflowError``/``socket.gaierror`` for a bad address and the
@@ -207,8 +212,8 @@ class RawUdpEndpoint:
         elif type(data) is memoryview and not data.c_contiguous:
             raise BufferError("memoryview: underlying buffer is not C-contiguous")
         dst, port = parse_address(addr, self.family, self._addr_cache)
-        if port == 0:
-            # udp_sendmsg(): "if (dport == 0) return -EINVAL"
+        if port == 0 and not connected:
+            # udp_sendmsg(): "if (dport == 0) return -EINVAL", for an address given to sendto().
             raise OSError(errno.EINVAL, "Invalid argument")
         if self.family == socket.AF_INET6 and dst[:12] == bytes(10) + b"\xff\xff":
             if not self.engine.config.dual_stack:

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from rawtransport.addresses import raw_peer
 from rawtransport.endpoint import RawUdpEndpoint, filter_entry, stack_options
 from rawtransport.endpoint import reuse_port as reuse_port_of
 from rawtransport.ring_setup import Receiver
@@ -147,7 +148,7 @@ async def create_raw_datagram_endpoint(
             r_addr = sock.getpeername()
         except OSError:
             r_addr = None
-        remote = _raw_peer(sock) if r_addr is not None else None
+        remote = raw_peer(sock) if r_addr is not None else None
         guard = sock
     else:
         if family == getattr(socket, "AF_UNIX", -1):
@@ -218,7 +219,7 @@ async def create_raw_datagram_endpoint(
             raise exceptions[0]
         assert guard_sock is not None
         guard = guard_sock
-        remote = _raw_peer(guard, r_addr) if (r_addr is not None and not allow_broadcast) else None
+        remote = raw_peer(guard, r_addr) if (r_addr is not None and not allow_broadcast) else None
 
     try:
         options = stack_options(
@@ -304,18 +305,6 @@ def _close_opened(opening: asyncio.Future[Receiver]) -> None:
     """What was opened for a cancelled opener: close it."""
     if not opening.cancelled() and opening.exception() is None:
         opening.result().close()
-
-
-def _raw_peer(sock: socket.socket, connected_to: Any = None) -> tuple[bytes, int]:
-    """The guard's peer as (raw address, port). A UDP socket connected to port 0 has one, but
-    getpeername() says ENOTCONN (inet_getname() wants a port): ``connected_to`` then says it."""
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        if connected_to is None:
-            raise
-        host, port = connected_to[0], 0
-    return socket.inet_pton(sock.family, host.split("%")[0]), port
 
 
 async def _method(

@@ -404,6 +404,41 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+# ---------------------------------------------------------------- the differential API suites
+class Cases(dict[str, tuple[Any, int]]):
+    """The cases of a differential suite by name: ``@cases.register(4, 6)`` adds a case for each
+    family (default IPv4) as ``name[-v6]``."""
+
+    def register(self, *families: int) -> Callable[[Any], Any]:
+        def add(fn: Any) -> Any:
+            for family in families or (4,):
+                self[fn.__name__ + ("-v6" if family == 6 else "")] = (fn, family)
+            return fn
+
+        return add
+
+
+@dataclass
+class Sides:
+    """What every differential case knows: which implementation runs, the pair, the family."""
+
+    impl: str
+    veth: VethPair
+    family: int
+
+    @property
+    def af(self) -> int:
+        return socket.AF_INET if self.family == 4 else socket.AF_INET6
+
+    @property
+    def a(self) -> str:
+        return self.veth.ip4_a if self.family == 4 else self.veth.ip6_a
+
+    @property
+    def b(self) -> str:
+        return self.veth.ip4_b if self.family == 4 else self.veth.ip6_b
+
+
 #: The neighbour resolver's counters that count frames it took (replies and claims), one each;
 #: the others count outcomes.
 NEIGHBOUR_FRAMES = (

@@ -27,49 +27,23 @@ import pytest
 import uvloop
 
 from rawtransport import create_raw_datagram_endpoint
-from tests.net.conformance import Peer, Recorder
+from tests.net.conformance import Cases, Peer, Recorder, Sides
 from tests.netns import VethPair, setns, veth_pair
 
 TIMEOUT = 10.0
 MARKER = b"--marker--"
 
 Case = Callable[["Ctx"], Awaitable[Any]]
-CASES: dict[str, tuple[Case, int]] = {}
-
-
-def case(*families: int) -> Callable[[Case], Case]:
-    """Register a case for each of ``families`` (default IPv4) as ``name[-v6]``."""
-
-    def register(fn: Case) -> Case:
-        for family in families or (4,):
-            name = fn.__name__ + ("-v6" if family == 6 else "")
-            CASES[name] = (fn, family)
-        return fn
-
-    return register
+CASES = Cases()
+case = CASES.register
 
 
 @dataclass
-class Ctx:
+class Ctx(Sides):
     """What a case runs with: the implementation, the pair, the family and a kernel peer in B."""
 
-    impl: str
-    veth: VethPair
-    family: int
     peer: Peer
     opened: list[tuple[asyncio.BaseTransport, Recorder]] = field(default_factory=list)
-
-    @property
-    def af(self) -> int:
-        return socket.AF_INET if self.family == 4 else socket.AF_INET6
-
-    @property
-    def a(self) -> str:
-        return self.veth.ip4_a if self.family == 4 else self.veth.ip6_a
-
-    @property
-    def b(self) -> str:
-        return self.veth.ip4_b if self.family == 4 else self.veth.ip6_b
 
     @property
     def dest(self) -> tuple[str, int]:
