@@ -33,9 +33,14 @@ def _host(value: Any) -> str:
 
 
 def parse_address(
-    addr: Any, family: int, cache: dict[tuple[Any, ...], tuple[bytes, int]] | None = None
-) -> tuple[bytes, int]:
-    """Turn a ``sendto`` address into (raw IP bytes, port) the way a UDP socket would.
+    addr: Any, family: int, cache: dict[tuple[Any, ...], tuple[bytes, int, int]] | None = None
+) -> tuple[bytes, int, int]:
+    """Turn a ``sendto`` address into (raw IP bytes, port, scope id) the way a UDP socket would.
+
+    The scope id is an IPv6 4-tuple's last item, else 0: ``socket.sendto()`` sets
+    ``sin6_scope_id`` from the tuple only (a ``%name`` in the host is resolved, then overwritten
+    with the tuple's default 0), and the kernel then routes a link-local destination as it finds
+    it (``udpv6_sendmsg()``: no scope, no output interface).
 
     Raises what ``socket.sendto`` raises for the same argument (``getsockaddrarg()`` in CPython's
     Modules/socketmodule.c): ``TypeError`` for a malformed address, ``OverflowError`` for a port
@@ -75,7 +80,8 @@ def parse_address(
         # A name: resolve it as socket.sendto() would (blocking getaddrinfo), first answer wins.
         info = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
         raw = socket.inet_pton(family, str(info[0][4][0]).split("%")[0])
-    result = (raw, port)
+    scope = operator.index(addr[3]) & 0xFFFFFFFF if len(addr) == 4 else 0
+    result = (raw, port, scope)
     # Only plain values are cached: another object may compare (and hash) like one it is not.
     plain = type(addr[0]) is str and all(type(x) is int for x in addr[1:])
     if cache is not None and plain and len(cache) < 4096:

@@ -280,14 +280,24 @@ class _Socket:
         host = addr[0]
         try:
             socket.inet_pton(self.ep.family, host.split("%", 1)[0])
+            numeric = True
         except OSError:
-            pass
-        else:
+            numeric = False
+        # A port given as a str (digits or a service name) is looked up, as trio and uvloop do.
+        if numeric and not isinstance(addr[1], str):
+            if "%" in host and len(addr) == 2 and self.ep.family == socket.AF_INET6:
+                # fe80::1%eth0: its scope kept, as anyio's trio and uvloop backends keep it
+                # (socket.sendto() would drop it; numeric, so getaddrinfo() does not block).
+                scoped = socket.getaddrinfo(
+                    host, addr[1], socket.AF_INET6, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST
+                )
+                return scoped[0][4]
             return addr
         infos = await anyio.getaddrinfo(
             host, addr[1], family=self.ep.family, type=socket.SOCK_DGRAM
         )
-        return (str(infos[0][4][0]), *addr[1:])
+        found = infos[0][4]
+        return (str(found[0]), found[1], *addr[2:])
 
     async def aclose(self) -> None:
         if not self.closed:

@@ -58,7 +58,7 @@ class RawUdpEndpoint:
         self.stack = stack
         #: ``interface=`` as an index (``None``: any interface).
         self.interface = interface
-        self._addr_cache: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+        self._addr_cache: dict[tuple[Any, ...], tuple[bytes, int, int]] = {}
         self.family = guard.family
         self.closed = False
         #: The interface the endpoint is tied to (``interface=``, or the one holding the bound
@@ -171,11 +171,18 @@ class RawUdpEndpoint:
             self.lost = OSError(errno.ENETDOWN, f"Network is down: interface {ifindex} vanished")
 
     # ------------------------------------------------------------------------------- netlink
-    def route(self, dst: bytes, now: float) -> Route:
-        """The kernel's route to ``dst`` for this endpoint (cached until something changes)."""
+    def route(self, dst: bytes, now: float, scope: int = 0) -> Route:
+        """The kernel's route to ``dst`` for this endpoint (cached until something changes).
+
+        ``scope``, a sendto() address's IPv6 scope id, is the output interface for a destination
+        that needs one (link-local, or link- or interface-local multicast), as udpv6_sendmsg()
+        takes it (``__ipv6_addr_needs_scope_id()``); without it the kernel picks the route."""
         bound = self._bound
         source = bound if bound is not None and len(dst) == len(bound) else None
-        return self.stack.route(dst, source, self.interface, now)
+        oif = self.interface
+        if scope and len(dst) == 16 and _needs_scope(dst):
+            oif = scope
+        return self.stack.route(dst, source, oif, now)
 
     # ---------------------------------------------------------------------------------- receive
     def guard_ready(self) -> OSError | None:
@@ -211,7 +218,7 @@ class RawUdpEndpoint:
             data = data.tobytes()
         elif type(data) is memoryview and not data.c_contiguous:
             raise BufferError("memoryview: underlying buffer is not C-contiguous")
-        dst, port = parse_address(addr, self.family, self._addr_cache)
+        dst, port, scope = parse_address(addr, self.family, self._addr_cache)
         if port == 0 and not connected:
             # udp_sendmsg(): "if (dport == 0) return -EINVAL", for an address given to sendto().
             raise OSError(errno.EINVAL, "Invalid argument")
@@ -219,7 +226,7 @@ class RawUdpEndpoint:
             if not self.engine.config.dual_stack:
                 raise OSError(errno.ENETUNREACH, "Network is unreachable")
             dst = dst[12:]
-        route = self.route(dst, now)
+        route = self.route(dst, now, scope)
         if route.kind is RouteKind.LOCAL and len(dst) == 4:
             # To one of this host's own IPv4 addresses: a frame injected on lo with a local (or
             # 127/8) source is a martian to ip_route_input_slow()/fib_validate_source() unless
@@ -342,3 +349,10 @@ def stack_options(
         raise TypeError(f"spin_us must be an int, not {type(spin_us).__name__}")
     options.check()
     return options
+
+
+def _needs_scope(dst: bytes) -> bool:
+    """__ipv6_addr_needs_scope_id(): link-local unicast, or multicast of link or interface scope."""
+    if dst[0] == 0xFE and dst[1] & 0xC0 == 0x80:
+        return True
+    return dst[0] == 0xFF and dst[1] & 0x0F in (1, 2)

@@ -206,7 +206,8 @@ class Rtnl:
         Raises ``OSError`` with the kernel's errno: ENETUNREACH when there is no route (and, for
         IPv4, when ``source`` is not a local address: __ip_route_output_key_hash_rcu() checks it
         with __ip_dev_find()), EHOSTUNREACH/EACCES/EINVAL for unreachable/prohibit/blackhole
-        routes, EINVAL for an IPv6 link-local destination without ``oif``.
+        routes. An IPv6 link-local destination without ``oif`` takes the route the kernel finds,
+        as udpv6_sendmsg() does for a destination without a scope id.
 
         The kernel does not check an IPv6 source (``ip -6 route get X from <not ours>`` succeeds),
         so for IPv6 the source is checked here with a second lookup: it must route as ``local``,
@@ -219,8 +220,6 @@ class Rtnl:
                 raise ValueError("source and destination must be of the same address family")
         if oif is not None:
             oif = _ifindex(oif, "oif")
-        elif _is_link_local_v6(destination):
-            raise _oserror(errno.EINVAL, "an IPv6 link-local destination needs an interface")
         reply = self._route(destination, source, oif)
         code = route_error(reply, source)
         if code:

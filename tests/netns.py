@@ -44,6 +44,7 @@ __all__ = [
     "create_veth_pair",
     "destroy",
     "have_netns_privileges",
+    "link_local",
     "readable",
     "setns",
     "tcpdump_a",
@@ -225,6 +226,16 @@ def _links_ready(ns: str, ifname: str) -> bool:
     # The link-local address appears when the carrier comes up; wait for it so the link's state
     # does not change under the test.
     return any(i.get("family") == "inet6" and i.get("scope") == "link" for i in infos)
+
+
+def link_local(ns: str, ifname: str) -> tuple[str, int]:
+    """The IPv6 link-local address of ``ifname`` in ``ns`` and the interface's index there."""
+    infos = [i for a in _ip_json(ns, "addr", "show", "dev", ifname) for i in a.get("addr_info", [])]
+    address = next(
+        i["local"] for i in infos if i.get("family") == "inet6" and i.get("scope") == "link"
+    )
+    index = _ip_json(ns, "link", "show", "dev", ifname)[0]["ifindex"]
+    return str(address), int(index)
 
 
 def create_veth_pair(tag: str = "") -> VethPair:

@@ -54,17 +54,19 @@ def _kernel(family: int, addr: Any) -> type[BaseException] | None:
 def test_parse_address_raises_what_sendto_raises(family: int, addr: Any) -> None:
     want = _kernel(family, addr)
     if want is None:
-        raw, port = parse_address(addr, family)
+        raw, port, scope = parse_address(addr, family)
         assert socket.inet_ntop(family, raw) == (addr[0] if isinstance(addr[0], str)
                                                  else bytes(addr[0]).decode())  # fmt: skip
         assert port == int(addr[1])
+        # The scope is the 4-tuple's, as socket.sendto() sets sin6_scope_id from the tuple only.
+        assert scope == (int(addr[3]) & 0xFFFFFFFF if len(addr) == 4 else 0)
     else:
         with pytest.raises(want):
             parse_address(addr, family)
 
 
 def test_the_cache_takes_plain_addresses_only() -> None:
-    cache: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+    cache: dict[tuple[Any, ...], tuple[bytes, int, int]] = {}
     parse_address(("127.0.0.1", 9), socket.AF_INET, cache)
     parse_address(("127.0.0.1", Port(10)), socket.AF_INET, cache)
     parse_address(("127.0.0.1", True), socket.AF_INET, cache)

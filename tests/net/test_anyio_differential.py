@@ -13,7 +13,9 @@ difference and its reason (each also in the README); such a case must still diff
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import ipaddress
 import socket
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,7 +29,7 @@ from anyio.abc import SocketAttribute
 from rawtransport import create_raw_connected_udp_socket, create_raw_udp_socket
 from tests.net.conformance import Cases, Sides
 from tests.net.test_anyio import BACKENDS, Peer, outcome
-from tests.netns import VethPair, setns, veth_pair
+from tests.netns import VethPair, link_local, setns, veth_pair
 
 TIMEOUT = 10.0
 MARKER = b"--marker--"
@@ -50,7 +52,7 @@ class Ctx(Sides):
         self.opened.append(sock)
         return sock
 
-    async def connected(self, host: str, port: int, **kwargs: Any) -> Any:
+    async def connected(self, host: Any, port: int, **kwargs: Any) -> Any:
         if self.impl == "raw":
             sock: Any = await create_raw_connected_udp_socket(host, port, **kwargs)
         else:
@@ -324,6 +326,136 @@ async def iterate_until_closed(ctx: Ctx) -> Any:
     return got
 
 
+@contextlib.contextmanager
+def link_local_peer(ctx: Ctx) -> Iterator[tuple[socket.socket, str]]:
+    """A kernel socket in B on its link-local address; yields it and that address as A's side
+    must write it (with A's interface as the scope)."""
+    ll_b, index_b = link_local(ctx.veth.ns_b, ctx.veth.if_b)
+    with setns(ctx.veth.ns_b):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.bind((ll_b, 0, 0, index_b))
+        sock.settimeout(TIMEOUT)
+        yield sock, f"{ll_b}%{ctx.veth.if_a}"
+    finally:
+        sock.close()
+
+
+@case(6)
+async def link_local_peer_with_a_scope(ctx: Ctx) -> Any:
+    sock = await ctx.udp(family=socket.AF_INET6)
+    with link_local_peer(ctx) as (peer, host):
+        port = peer.getsockname()[1]
+        await sock.sendto(b"to the link-local peer", host, port)
+        data, (src, _sport, *_rest) = await anyio.to_thread.run_sync(peer.recvfrom, 100)
+        peer.sendto(b"back", (src, sock.extra(SocketAttribute.local_port), 0, _rest[1]))
+        back, addr = await sock.receive()
+        return data, src.startswith("fe80::"), back, addr[0].startswith("fe80::"), len(addr)
+
+
+@case(4)
+async def address_objects(ctx: Ctx) -> Any:
+    sock = await ctx.udp(local_host=ipaddress.ip_address(ctx.a))
+    connected = await ctx.connected(ipaddress.ip_address(ctx.b), ctx.peer.port)
+    await connected.send(b"via an address object")
+    return (
+        sock.extra(SocketAttribute.local_address)[0],
+        connected.extra(SocketAttribute.remote_address) == (ctx.b, ctx.peer.port),
+        await ctx.received(connected),
+    )
+
+
+@case(4)
+async def sendto_host_as_an_address_object(ctx: Ctx) -> Any:
+    sock = await ctx.bound()
+    sent = await attempt(sock.sendto(b"x", ipaddress.ip_address(ctx.b), ctx.peer.port))
+    return sent, await ctx.received(sock)
+
+
+@case(4)
+async def sendto_port_as_a_str(ctx: Ctx) -> Any:
+    sock = await ctx.bound()
+    return await attempt(sock.sendto(b"x", ctx.b, str(ctx.peer.port))), await ctx.received(sock)
+
+
+@case(4, 6)
+async def attributes_after_close(ctx: Ctx) -> Any:
+    sock = await ctx.udp(local_host=ctx.a)
+    await sock.aclose()
+    out: list[Any] = []
+    for attribute in (SocketAttribute.local_address, SocketAttribute.family):
+        try:
+            value = sock.extra(attribute)
+        except Exception as exc:
+            out.append(outcome(exc))
+        else:
+            out.append(type(value).__name__)
+    return out
+
+
+@case(4, 6)
+async def raw_socket_attribute(ctx: Ctx) -> Any:
+    sock = await ctx.udp(local_host=ctx.a)
+    raw = sock.extra(SocketAttribute.raw_socket)
+    local = sock.extra(SocketAttribute.local_address)
+    return isinstance(raw, socket.socket), raw.getsockname()[:2] == local, raw.type
+
+
+@case(6)
+async def dual_stack_takes_ipv4(ctx: Ctx) -> Any:
+    sock = await ctx.udp(family=socket.AF_INET6, local_host="::")
+    port = sock.extra(SocketAttribute.local_port)
+    v4 = Peer.create(ctx.veth, 4)
+    try:
+        v4.sock.sendto(b"over IPv4", (ctx.veth.ip4_a, port))
+        data, addr = await sock.receive()
+        await sock.sendto(b"answer", *addr[:2])
+        answer, _ = await v4.recv()
+        return data, addr[0] == "::ffff:" + ctx.veth.ip4_b, len(addr), answer
+    finally:
+        v4.close()
+
+
+@case(4, 6)
+async def connected_send_buffers(ctx: Ctx) -> Any:
+    sock = await ctx.connected(ctx.b, ctx.peer.port, local_host=ctx.a)
+    for data in (b"bytes", bytearray(b"bytearray"), memoryview(b"memoryview")):
+        await sock.send(data)
+    return await ctx.received(sock)
+
+
+@case(4, 6)
+async def connected_send_over_the_largest(ctx: Ctx) -> Any:
+    sock = await ctx.connected(ctx.b, ctx.peer.port, local_host=ctx.a)
+    largest = 65507 if ctx.family == 4 else 65527
+    return await attempt(sock.send(b"m" * (largest + 1))), await ctx.received(sock)
+
+
+@case(4, 6)
+async def a_burst_of_sends_all_arrive(ctx: Ctx) -> Any:
+    sock = await ctx.bound()
+    for i in range(200):
+        await sock.sendto(b"%d" % i, ctx.b, ctx.peer.port)
+    got = await ctx.received(sock)
+    return len(got), got == [b"%d" % i for i in range(200)]
+
+
+@case(4, 6)
+async def a_burst_received_in_order(ctx: Ctx) -> Any:
+    sock = await ctx.udp(local_host=ctx.a)
+    port = sock.extra(SocketAttribute.local_port)
+    for i in range(100):
+        ctx.peer.sock.sendto(b"%d" % i, (ctx.a, port))
+    return [(await sock.receive())[0] for _ in range(100)] == [b"%d" % i for i in range(100)]
+
+
+@case(6)
+async def family_only(ctx: Ctx) -> Any:
+    sock = await ctx.udp(family=ctx.af)
+    host, port = sock.extra(SocketAttribute.local_address)
+    return host, port > 0
+
+
 #: Where the raw socket departs from anyio's on purpose: name -> why (README "differences").
 _RAISES = (
     "a send's error is raised as the kernel's OSError on every backend (anyio's asyncio backend "
@@ -331,8 +463,9 @@ _RAISES = (
     "BrokenResourceError)"
 )
 _MISTAKE = (
-    "a caller's mistake (a port out of range) raises what socket.sendto() raises, and the socket "
-    "stays open (anyio's asyncio backend closes the socket, uvloop's ignores it; trio raises it)"
+    "a caller's mistake (a port out of range, a host that is not a str) raises what "
+    "socket.sendto() raises, and the socket stays open (anyio's asyncio backend closes the "
+    "socket, uvloop's ignores it; trio raises it)"
 )
 _EMPTY = (
     "an empty datagram is sent on every backend (asyncio's transport, under anyio's asyncio "
@@ -348,6 +481,21 @@ BY_DESIGN: dict[str, str] = {
     "sendto_unroutable": _RAISES,
     "broadcast_without_the_option": _RAISES,
     "sendto_port_out_of_range": _MISTAKE,
+    "connected_send_over_the_largest": _RAISES,
+    "connected_send_over_the_largest-v6": _RAISES,
+    "sendto_host_as_an_address_object": _MISTAKE,
+    "sendto_port_as_a_str": (
+        "a port given as a str is looked up, as anyio's trio and uvloop backends do (its "
+        "asyncio backend closes the socket on socket.sendto()'s TypeError)"
+    ),
+    "raw_socket_attribute": (
+        "raw_socket is the guard socket itself, a socket.socket as on trio (anyio's asyncio "
+        "backend gives asyncio's TransportSocket wrapper)"
+    ),
+    "raw_socket_attribute-v6": (
+        "raw_socket is the guard socket itself, a socket.socket as on trio (anyio's asyncio "
+        "backend gives asyncio's TransportSocket wrapper)"
+    ),
 }
 
 

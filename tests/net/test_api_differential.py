@@ -28,7 +28,7 @@ import uvloop
 
 from rawtransport import create_raw_datagram_endpoint
 from tests.net.conformance import Cases, Peer, Recorder, Sides
-from tests.netns import VethPair, setns, veth_pair
+from tests.netns import VethPair, link_local, setns, veth_pair
 
 TIMEOUT = 10.0
 MARKER = b"--marker--"
@@ -512,6 +512,54 @@ async def wildcard_local_addr(ctx: Ctx) -> Any:
     t.sendto(b"from the wildcard", ctx.dest)
     data, addr = await asyncio.wait_for(ctx.peer.recv(), TIMEOUT)
     return sockname[0], data, addr[0]
+
+
+def _link_local_peer(ctx: Ctx) -> tuple[socket.socket, str, int]:
+    """A kernel socket in B on its link-local address: it, that address, A's interface index."""
+    ll_b, index_b = link_local(ctx.veth.ns_b, ctx.veth.if_b)
+    _, index_a = link_local(ctx.veth.ns_a, ctx.veth.if_a)
+    with setns(ctx.veth.ns_b):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.bind((ll_b, 0, 0, index_b))
+    sock.settimeout(TIMEOUT)
+    return sock, ll_b, index_a
+
+
+@case(6)
+async def link_local_destinations(ctx: Ctx) -> Any:
+    """To B's link-local address: with a scope id, with %name (dropped by sendto(), so the
+    kernel picks the route), and bare; then B answers from it."""
+    t, p = await ctx.open(local_addr=("::", 0))
+    peer, ll_b, index_a = _link_local_peer(ctx)
+    try:
+        port = peer.getsockname()[1]
+        sent = []
+        dests: list[tuple[Any, ...]] = [
+            (ll_b, port, 0, index_a), (f"{ll_b}%{ctx.veth.if_a}", port), (ll_b, port)
+        ]  # fmt: skip
+        for dest in dests:
+            t.sendto(b"%d" % len(dest), dest)
+            data, src = await asyncio.to_thread(peer.recvfrom, 100)
+            sent.append((data, src[0].startswith("fe80::")))
+        peer.sendto(b"back", (src[0], t.get_extra_info("sockname")[1], 0, src[3]))
+        back, got_from = await asyncio.wait_for(p.data.get(), TIMEOUT)
+        return sent, back, got_from[0] == ll_b, got_from[3] == index_a
+    finally:
+        peer.close()
+
+
+@case(6)
+async def bound_to_a_link_local_address(ctx: Ctx) -> Any:
+    ll_a, index_a = link_local(ctx.veth.ns_a, ctx.veth.if_a)
+    t, _ = await ctx.open(local_addr=(ll_a, 0, 0, index_a))
+    peer, ll_b, _ = _link_local_peer(ctx)
+    try:
+        sockname = t.get_extra_info("sockname")
+        t.sendto(b"from a link-local address", (ll_b, peer.getsockname()[1], 0, index_a))
+        data, src = await asyncio.to_thread(peer.recvfrom, 100)
+        return sockname[0] == ll_a, sockname[3] == index_a, data, src[0] == ll_a
+    finally:
+        peer.close()
 
 
 @case(4)
