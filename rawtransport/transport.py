@@ -93,7 +93,6 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
         # After connection_lost, datagrams still waiting for ARP/ND keep the sockets open until they
         # leave or fail, as a kernel socket's datagrams sit in the neighbour's queue after close().
         self._lingering = False
-        self._aborted = False
         self._retry: asyncio.TimerHandle | None = None
         self._backoff = 0.0
         # tx_mode="ring": sendto() queues its frames and one flush per loop iteration writes them
@@ -151,8 +150,8 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
             self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self) -> None:
-        """Close at once, discarding buffered data; ``connection_lost(None)`` follows."""
-        self._aborted = True
+        """Close at once, discarding buffered data; ``connection_lost(None)`` follows. Datagrams
+        already waiting for a neighbour's MAC still leave, as from a kernel socket."""
         self._force_close(None)
 
     # ------------------------------------------------------------------ flow control (writes)
@@ -535,8 +534,11 @@ class RawDatagramTransport(asyncio.DatagramTransport, asyncio.Transport):
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             self._stop_reading()
-            if not self._aborted and exc is None and self._ep.engine.pending_resolution:
-                # The stack calls stack_ready() when the neighbour answers or fails.
+            if exc is None and self._ep.engine.pending_resolution:
+                # Datagrams waiting for a neighbour are in the kernel's neighbour queue on the
+                # kernel path, not the socket's: they leave after close() and abort() alike (abort
+                # discards the write buffer only). The stack calls stack_ready() when the neighbour
+                # answers or fails.
                 self._lingering = True
             else:
                 self._release()

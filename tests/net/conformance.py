@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -437,6 +438,11 @@ class Sides:
     @property
     def b(self) -> str:
         return self.veth.ip4_b if self.family == 4 else self.veth.ip6_b
+
+
+def flush_neighbours(ctx: Sides) -> None:
+    """Make A's kernel forget B's MAC, as a raw stack of a new run has never known it."""
+    subprocess.run(["ip", "-n", ctx.veth.ns_a, "neigh", "flush", "dev", ctx.veth.if_a], check=True)
 
 
 #: The neighbour resolver's counters that count frames it took (replies and claims), one each;

@@ -27,7 +27,7 @@ import pytest
 from anyio.abc import SocketAttribute
 
 from rawtransport import create_raw_connected_udp_socket, create_raw_udp_socket
-from tests.net.conformance import Cases, Sides
+from tests.net.conformance import Cases, Sides, flush_neighbours
 from tests.net.test_anyio import BACKENDS, Peer, outcome
 from tests.netns import VethPair, link_local, setns, veth_pair
 
@@ -454,6 +454,25 @@ async def family_only(ctx: Ctx) -> Any:
     sock = await ctx.udp(family=ctx.af)
     host, port = sock.extra(SocketAttribute.local_address)
     return host, port > 0
+
+
+@case(4, 6)
+async def datagrams_queued_for_a_cold_neighbour(ctx: Ctx) -> Any:
+    flush_neighbours(ctx)
+    sock = await ctx.udp(local_host=ctx.a)
+    for i in range(65):
+        await sock.sendto(b"%d" % i, ctx.b, ctx.peer.port)
+    got = await ctx.received(sock)
+    return len(got), got == [b"%d" % i for i in range(65)]
+
+
+@case(4, 6)
+async def aclose_right_after_a_send_to_a_cold_neighbour(ctx: Ctx) -> Any:
+    flush_neighbours(ctx)
+    sock = await ctx.connected(ctx.b, ctx.peer.port, local_host=ctx.a)
+    await sock.send(b"sent before aclose()")
+    await sock.aclose()
+    return (await ctx.peer.recv())[0]
 
 
 #: Where the raw socket departs from anyio's on purpose: name -> why (README "differences").

@@ -27,7 +27,7 @@ import pytest
 import uvloop
 
 from rawtransport import create_raw_datagram_endpoint
-from tests.net.conformance import Cases, Peer, Recorder, Sides
+from tests.net.conformance import Cases, Peer, Recorder, Sides, flush_neighbours
 from tests.netns import VethPair, link_local, setns, veth_pair
 
 TIMEOUT = 10.0
@@ -560,6 +560,115 @@ async def bound_to_a_link_local_address(ctx: Ctx) -> Any:
         return sockname[0] == ll_a, sockname[3] == index_a, data, src[0] == ll_a
     finally:
         peer.close()
+
+
+@case(4, 6)
+async def datagrams_queued_for_a_cold_neighbour(ctx: Ctx) -> Any:
+    """65 datagrams before B's MAC is known: the kernel queues them all (unres_qlen_bytes)."""
+    flush_neighbours(ctx)
+    t, _ = await ctx.open(local_addr=(ctx.a, 0))
+    for i in range(65):
+        t.sendto(b"%d" % i, ctx.dest)
+    got = await ctx.received()
+    return len(got), got == [b"%d" % i for i in range(65)]
+
+
+@case(4, 6)
+async def close_right_after_a_send_to_a_cold_neighbour(ctx: Ctx) -> Any:
+    """The datagram waits for B's MAC in the neighbour's queue, not the socket's: it leaves."""
+    flush_neighbours(ctx)
+    t, p = await ctx.open(local_addr=(ctx.a, 0))
+    t.sendto(b"sent before close()", ctx.dest)
+    t.close()
+    await asyncio.wait_for(p.lost, TIMEOUT)
+    return (await asyncio.wait_for(ctx.peer.recv(), TIMEOUT))[0]
+
+
+@case(4, 6)
+async def abort_right_after_a_send_to_a_cold_neighbour(ctx: Ctx) -> Any:
+    flush_neighbours(ctx)
+    t, p = await ctx.open(local_addr=(ctx.a, 0))
+    t.sendto(b"sent before abort()", ctx.dest)
+    t.abort()
+    await asyncio.wait_for(p.lost, TIMEOUT)
+    return (await asyncio.wait_for(ctx.peer.recv(), TIMEOUT))[0]
+
+
+@case(6)
+async def sendto_a_global_address_with_a_scope_id(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    t.sendto(b"scope ignored", (ctx.b, ctx.peer.port, 0, 99))
+    return await ctx.received()
+
+
+@case(6)
+async def sendto_with_a_flow_label(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    t.sendto(b"labelled", (ctx.b, ctx.peer.port, 0x12345, 0))
+    return await ctx.received()
+
+
+@case(6)
+async def sendto_a_mapped_address_from_a_bound_endpoint(ctx: Ctx) -> Any:
+    t, p = await ctx.bound()
+    t.sendto(b"mapped", ("::ffff:" + ctx.veth.ip4_b, ctx.peer.port))
+    return await ctx.received(), [c for c in p.calls if c[0] == "error"]
+
+
+@case(6)
+async def dual_stack_sends_to_a_mapped_address(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(local_addr=("::", 0))
+    v4 = Peer.create(ctx.veth, 4)
+    try:
+        t.sendto(b"to IPv4", ("::ffff:" + ctx.veth.ip4_b, v4.port))
+        data, src = await asyncio.wait_for(v4.recv(), TIMEOUT)
+        return data, src[0] == ctx.veth.ip4_a
+    finally:
+        v4.close()
+
+
+@case(4, 6)
+async def the_socket_extra_is_the_bound_socket(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(local_addr=(ctx.a, 0))
+    sock = t.get_extra_info("socket")
+    return sock.getsockname() == t.get_extra_info("sockname"), sock.fileno() >= 0, sock.proto
+
+
+@case(4)
+async def local_addr_by_name(ctx: Ctx) -> Any:
+    t, _ = await ctx.open(local_addr=("localhost", 0))
+    return t.get_extra_info("sockname")[0]
+
+
+@case(4)
+async def proto_udplite(ctx: Ctx) -> Any:
+    return await ctx.attempt(local_addr=(ctx.a, 0), proto=socket.IPPROTO_UDPLITE)
+
+
+@case(4)
+async def sock_unbound(ctx: Ctx) -> Any:
+    sock = socket.socket(ctx.af, socket.SOCK_DGRAM)
+    t, _ = await ctx.open(sock=sock)
+    t.sendto(b"from an unbound socket", ctx.dest)
+    data, src = await asyncio.wait_for(ctx.peer.recv(), TIMEOUT)
+    return data, src[1] == sock.getsockname()[1]
+
+
+@case(4, 6)
+async def sizes_around_the_mtu(ctx: Ctx) -> Any:
+    t, _ = await ctx.bound()
+    top = 1500 - (28 if ctx.family == 4 else 48)
+    for size in (top, top + 1, 3 * top):
+        t.sendto(b"s" * size, ctx.dest)
+    return [len(d) for d in await ctx.received()]
+
+
+@case(4, 6)
+async def receive_a_fragmented_datagram(ctx: Ctx) -> Any:
+    t, p = await ctx.open(local_addr=(ctx.a, 0))
+    ctx.peer.sock.sendto(b"f" * 4000, (ctx.a, t.get_extra_info("sockname")[1]))
+    data, _ = await asyncio.wait_for(p.data.get(), TIMEOUT)
+    return len(data)
 
 
 @case(4)
