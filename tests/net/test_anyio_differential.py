@@ -431,13 +431,16 @@ async def connected_send_over_the_largest(ctx: Ctx) -> Any:
     return await attempt(sock.send(b"m" * (largest + 1))), await ctx.received(sock)
 
 
-@case(4, 6)
-async def a_burst_of_sends_all_arrive(ctx: Ctx) -> Any:
-    sock = await ctx.bound()
-    for i in range(200):
+async def _sent_in_order(ctx: Ctx, sock: Any, n: int) -> Any:
+    for i in range(n):
         await sock.sendto(b"%d" % i, ctx.b, ctx.peer.port)
     got = await ctx.received(sock)
-    return len(got), got == [b"%d" % i for i in range(200)]
+    return len(got), got == [b"%d" % i for i in range(n)]
+
+
+@case(4, 6)
+async def a_burst_of_sends_all_arrive(ctx: Ctx) -> Any:
+    return await _sent_in_order(ctx, await ctx.bound(), 200)
 
 
 @case(4, 6)
@@ -459,11 +462,7 @@ async def family_only(ctx: Ctx) -> Any:
 @case(4, 6)
 async def datagrams_queued_for_a_cold_neighbour(ctx: Ctx) -> Any:
     flush_neighbours(ctx)
-    sock = await ctx.udp(local_host=ctx.a)
-    for i in range(65):
-        await sock.sendto(b"%d" % i, ctx.b, ctx.peer.port)
-    got = await ctx.received(sock)
-    return len(got), got == [b"%d" % i for i in range(65)]
+    return await _sent_in_order(ctx, await ctx.udp(local_host=ctx.a), 65)
 
 
 @case(4, 6)
@@ -473,6 +472,15 @@ async def aclose_right_after_a_send_to_a_cold_neighbour(ctx: Ctx) -> Any:
     await sock.send(b"sent before aclose()")
     await sock.aclose()
     return (await ctx.peer.recv())[0]
+
+
+@case(4, 6)
+async def a_receive_cancelled_by_a_timeout_leaves_the_socket_usable(ctx: Ctx) -> Any:
+    sock = await ctx.udp(local_host=ctx.a)
+    with anyio.move_on_after(0.05) as scope:
+        await sock.receive()
+    ctx.peer.sock.sendto(b"after the timeout", (ctx.a, sock.extra(SocketAttribute.local_port)))
+    return scope.cancelled_caught, (await sock.receive())[0]
 
 
 #: Where the raw socket departs from anyio's on purpose: name -> why (README "differences").

@@ -573,25 +573,24 @@ async def datagrams_queued_for_a_cold_neighbour(ctx: Ctx) -> Any:
     return len(got), got == [b"%d" % i for i in range(65)]
 
 
-@case(4, 6)
-async def close_right_after_a_send_to_a_cold_neighbour(ctx: Ctx) -> Any:
+async def _end_right_after_a_send_to_a_cold_neighbour(ctx: Ctx, end: str) -> Any:
     """The datagram waits for B's MAC in the neighbour's queue, not the socket's: it leaves."""
     flush_neighbours(ctx)
     t, p = await ctx.open(local_addr=(ctx.a, 0))
-    t.sendto(b"sent before close()", ctx.dest)
-    t.close()
+    t.sendto(f"sent before {end}()".encode(), ctx.dest)
+    getattr(t, end)()
     await asyncio.wait_for(p.lost, TIMEOUT)
     return (await asyncio.wait_for(ctx.peer.recv(), TIMEOUT))[0]
+
+
+@case(4, 6)
+async def close_right_after_a_send_to_a_cold_neighbour(ctx: Ctx) -> Any:
+    return await _end_right_after_a_send_to_a_cold_neighbour(ctx, "close")
 
 
 @case(4, 6)
 async def abort_right_after_a_send_to_a_cold_neighbour(ctx: Ctx) -> Any:
-    flush_neighbours(ctx)
-    t, p = await ctx.open(local_addr=(ctx.a, 0))
-    t.sendto(b"sent before abort()", ctx.dest)
-    t.abort()
-    await asyncio.wait_for(p.lost, TIMEOUT)
-    return (await asyncio.wait_for(ctx.peer.recv(), TIMEOUT))[0]
+    return await _end_right_after_a_send_to_a_cold_neighbour(ctx, "abort")
 
 
 @case(6)
