@@ -1,8 +1,11 @@
 """The library's own exceptions.
 
-Two families, as h11 splits them: errors about what arrived from the wire (the remote side's fault,
-never raised to the user of a transport: such frames are dropped and counted) and errors about how the
-library was called (raised to the caller as the usual ``TypeError``/``ValueError``/``OSError``).
+Two families, as h11 splits them: errors about what arrived from the wire (the remote side's fault:
+a frame that does not parse is never raised to the user of a transport, it is dropped and counted)
+and errors about how the library was called (raised to the caller as the usual
+``TypeError``/``ValueError``/``OSError``). One exception to the first: an rtnetlink answer the
+library cannot decode (``rawtransport.netlink``) is a :class:`MalformedPacketError` too, and a
+``sendto()`` that needed that route lookup raises it (a ``ValueError``) to its caller.
 """
 
 from __future__ import annotations
