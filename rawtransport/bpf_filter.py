@@ -84,18 +84,20 @@ from rawtransport.bpf import (
     tax,
 )
 from rawtransport.engine_types import VLAN_VID_MASK
+from rawtransport.packet_types import (
+    ETH_P_8021AD,
+    ETH_P_8021Q,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPPROTO_UDP,
+)
 
 __all__ = ["FilterEntry", "drop_all", "endpoint_filter", "stack_filter"]
 
 _U32: Final = 0xFFFFFFFF
 
 # ----------------------------------------------------------------------------- the filters
-ETH_P_IP: Final = 0x0800
-ETH_P_ARP: Final = 0x0806
-ETH_P_IPV6: Final = 0x86DD
-ETH_P_8021Q: Final = 0x8100
-ETH_P_8021AD: Final = 0x88A8
-_IPPROTO_UDP: Final = 17
 _IPPROTO_ICMPV6: Final = 58
 # IPv6 extension headers that may precede UDP in legitimate traffic (RFC 8200 §4.1 order):
 # hop-by-hop, routing, destination options. The fragment header (44) is handled separately.
@@ -195,7 +197,7 @@ def _ipv6_next_header(
     Fragments (with ``allow_fragments``; else atomic ones only) and the extension headers user space
     walks go to ``passed``, which checks the address; ICMPv6 goes to ``icmpv6`` when given.
     """
-    items: list[Item] = [ldb(base + 6), jeq(_IPPROTO_UDP, p + "udp6")]
+    items: list[Item] = [ldb(base + 6), jeq(IPPROTO_UDP, p + "udp6")]
     if icmpv6 is not None:
         items.append(jeq(_IPPROTO_ICMPV6, icmpv6))
     items.append(jeq(_IPV6_FRAGMENT, passed if allow_fragments else p + "atomic6"))
@@ -310,7 +312,7 @@ def _l3(spec: _Spec, base: int, p: str) -> list[Item]:
         items.append(label(p + "ip4"))
         if spec.local_ip is not None:
             items += [ld(base + 16), jeq(_words(spec.local_ip)[0], None, "reject")]
-        items += [ldb(base + 9), jeq(_IPPROTO_UDP, None, "reject")]
+        items += [ldb(base + 9), jeq(IPPROTO_UDP, None, "reject")]
         if spec.remote_ip is not None:
             items += [ld(base + 12), jeq(_words(spec.remote_ip)[0], None, "reject")]
         items += _ipv4_fragments(base, spec.allow_fragments, "accept")
@@ -508,7 +510,7 @@ def _union_l3(u: _Union, base: int, p: str) -> list[Item]:
         items += [
             label(p + "ip4"),
             ldb(base + 9),
-            jeq(_IPPROTO_UDP, None, "reject"),
+            jeq(IPPROTO_UDP, None, "reject"),
             *_ipv4_fragments(base, u.allow_fragments, u.addr4),
             ldx_msh(base),  # X = IHL*4, options included
             ldh_ind(base + 2),

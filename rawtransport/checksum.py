@@ -14,6 +14,8 @@ length being non-zero, so their sums are never the all-zero case.
 
 from __future__ import annotations
 
+from rawtransport.packet_types import IPPROTO_UDP
+
 __all__ = [
     "internet_checksum",
     "ones_complement_sum",
@@ -24,8 +26,6 @@ __all__ = [
 ]
 
 Buffer = bytes | bytearray | memoryview
-
-_IPPROTO_UDP = 17
 
 
 def _raw_sum(data: Buffer) -> int:
@@ -101,7 +101,7 @@ def _pseudo_raw(src: bytes, dst: bytes, length: int) -> int:
         _check_addresses(src, dst, 16)
     else:
         raise ValueError(f"source address must be 4 or 16 bytes, got {len(src)}")
-    return int.from_bytes(src, "big") + int.from_bytes(dst, "big") + _IPPROTO_UDP + length
+    return int.from_bytes(src, "big") + int.from_bytes(dst, "big") + IPPROTO_UDP + length
 
 
 def udp_checksum(src: bytes, dst: bytes, udp_segment: Buffer) -> int:

@@ -23,9 +23,8 @@ from rawtransport.engine import EndpointConfig, OutgoingFrame, UdpEngine
 from rawtransport.link import attach_filter
 from rawtransport.nft import BypassSpec, NftBypass
 from rawtransport.ring_setup import RX_MODES, Receiver, open_receiver
-from rawtransport.route import LOOPBACK_IFINDEX, Route, RouteKind
+from rawtransport.route import ARPHRD_ETHER, LOOPBACK_IFINDEX, Route, RouteKind
 from rawtransport.stack import (
-    _ARPHRD_ETHER,
     NETLINK_CHECK_INTERVAL,
     TX_MODES,
     RawStack,
@@ -161,7 +160,7 @@ class RawUdpEndpoint:
         self.bypass = NftBypass.install(
             spec,
             [link.name for link in links.values()],
-            non_ethernet={x.name for x in links.values() if x.arphrd != _ARPHRD_ETHER},
+            non_ethernet={x.name for x in links.values() if x.arphrd != ARPHRD_ETHER},
         )
 
     def interface_gone(self, ifindex: int) -> None:

@@ -11,6 +11,9 @@ import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple
 
+# if_arp.h link types (FrameMeta.hatype), defined with the links they describe.
+from rawtransport.route import ARPHRD_ETHER, ARPHRD_LOOPBACK
+
 __all__ = [
     "ALWAYS_JOINED",
     "ARPHRD_ETHER",
@@ -57,9 +60,6 @@ TP_STATUS_CSUM_VALID = 0x80
 # The kernel vouches for the L4 checksum: either it was never computed because the frame is local and
 # offloaded (CHECKSUM_PARTIAL: tpacket_rcv() sets TP_STATUS_CSUMNOTREADY), or the device already verified it.
 CSUM_VOUCHED = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
-
-ARPHRD_ETHER = 1
-ARPHRD_LOOPBACK = 772
 
 # Largest UDP payloads: 65535 - 20 (IPv4 header) - 8; IPv6's payload-length field bounds it to 65535 - 8.
 MAX_UDP4_PAYLOAD = 65507

@@ -45,8 +45,10 @@ from rawtransport.neighbour import NeighbourCache, ResolutionFailed
 from rawtransport.packet import (
     ARP,
     ETH_P_ARP,
+    ETH_P_IP,
     ETH_P_IPV6,
     IPPROTO_ICMPV6,
+    IPPROTO_UDP,
     IPv6,
     NeighborAdvertisement,
     NeighborSolicitation,
@@ -55,6 +57,7 @@ from rawtransport.packet import (
     parse_frame,
     parse_udp,
 )
+from rawtransport.packet_types import NEXTHDR_FRAGMENT
 from rawtransport.reassembly import Reassembled, Reassembler, udp_datagram
 from rawtransport.route import LocalAddresses, Route
 
@@ -64,9 +67,7 @@ if TYPE_CHECKING:
 __all__ = ["Host", "Pending", "peek_udp"]
 
 _ZERO_MAC = bytes(6)
-_ETH_P_IP = 0x0800
-_IPPROTO_UDP = 17
-_IPV6_FRAGMENT = 44
+_IPV6_FRAGMENT = NEXTHDR_FRAGMENT
 #: :func:`peek_udp`'s answer for an IPv4 or IPv6 fragment.
 FRAGMENT = "fragment"
 #: The codec's reasons for a frame that is a fragment (ip_is_fragment(), an IPv6 Fragment header).
@@ -129,8 +130,8 @@ def peek_py(frame: bytes | bytearray | memoryview) -> tuple[bytes, bytes, int, i
     if n < 42:
         return None
     ethertype = (frame[12] << 8) | frame[13]
-    if ethertype == _ETH_P_IP:
-        if frame[23] != _IPPROTO_UDP:
+    if ethertype == ETH_P_IP:
+        if frame[23] != IPPROTO_UDP:
             return None
         if (frame[20] & 0x3F) or frame[21]:  # ip_is_fragment(): MF or a fragment offset
             return FRAGMENT
@@ -145,7 +146,7 @@ def peek_py(frame: bytes | bytearray | memoryview) -> tuple[bytes, bytes, int, i
         )
     if ethertype == ETH_P_IPV6 and n >= 62:
         nexthdr = frame[20]
-        if nexthdr == _IPPROTO_UDP:
+        if nexthdr == IPPROTO_UDP:
             return (
                 bytes(frame[22:38]),
                 bytes(frame[38:54]),
@@ -393,7 +394,7 @@ class Host:
         # Looked up by the ports as they stand, unchecked: the endpoint makes the UDP checks and
         # counts their drops, as it would for a datagram that came in one frame.
         data = r.payload
-        if r.proto == _IPPROTO_UDP and len(data) >= 4:
+        if r.proto == IPPROTO_UDP and len(data) >= 4:
             sport = (data[0] << 8) | data[1]
             dport = (data[2] << 8) | data[3]
             engine = self.lookup(r.src, r.dst, sport, dport, meta.ifindex, fanout)

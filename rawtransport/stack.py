@@ -35,7 +35,14 @@ from rawtransport.link import PacketSender
 from rawtransport.netlink import Rtnl, RtnlMonitor
 from rawtransport.nft import NftError
 from rawtransport.ring_setup import RX_MODES, Receiver, RingReceiver, TxRing, open_receiver
-from rawtransport.route import LOOPBACK_IFINDEX, LinkInfo, LocalAddresses, Route, RouteCache
+from rawtransport.route import (
+    ARPHRD_ETHER,
+    LOOPBACK_IFINDEX,
+    LinkInfo,
+    LocalAddresses,
+    Route,
+    RouteCache,
+)
 from rawtransport.workers import close_in_background
 
 if TYPE_CHECKING:
@@ -59,7 +66,6 @@ SO_BUSY_POLL = 46  # <asm-generic/socket.h>; not exported by Python's socket mod
 _SOL_PACKET = 263
 _PACKET_FANOUT = 18
 _PACKET_FANOUT_HASH = 0
-_ARPHRD_ETHER = 1
 # How long a receiver is polled after its last frame (stack_loop.LoopStack._spin_poll): a busy core.
 MAX_SPIN_US = 10_000
 
@@ -374,7 +380,7 @@ class RawStack:
                 try:
                     bypass.add_interfaces(
                         [x.name for x in links.values()],
-                        non_ethernet={x.name for x in links.values() if x.arphrd != _ARPHRD_ETHER},
+                        non_ethernet={x.name for x in links.values() if x.arphrd != ARPHRD_ETHER},
                     )
                 except NftError:
                     endpoint.engine.count_event("bypass_add_failed")
