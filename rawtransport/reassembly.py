@@ -415,11 +415,6 @@ class Reassembler:
             return None
         return self._add(frag, now, ifindex)
 
-    def receive_fragment(self, frag: Fragment, now: float, ifindex: int = 0) -> Reassembled | None:
-        """As :meth:`receive`, for a fragment already parsed with :func:`parse_fragment`."""
-        self.fragments += 1
-        return self._add(frag, now, ifindex)
-
     def _add(self, frag: Fragment, now: float, ifindex: int) -> Reassembled | None:
         offset, data = frag.offset, frag.data
         if offset == 0 and not frag.more:

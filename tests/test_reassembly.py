@@ -804,13 +804,3 @@ def test_first_v6_fragment_header_chain_checks() -> None:
     with pytest.raises(MalformedPacketError) as exc:
         udp_datagram(Reassembled(4, PEER4, ME4, 6, bytes(16), 64, 2))
     assert exc.value.reason == "not_udp"
-
-
-def test_receive_fragment_takes_parsed_fragments() -> None:
-    seg = segment(4, b"parsed" * 4)
-    r = Reassembler()
-    assert r.receive_fragment(parse_fragment(v4_frag(0, seg[:16], True)), 0.0) is None
-    done = r.receive_fragment(parse_fragment(v4_frag(16, seg[16:], False)), 0.0)
-    assert done is not None
-    assert udp_datagram(done)[2] == b"parsed" * 4
-    invariant(r)
