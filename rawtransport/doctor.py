@@ -237,8 +237,8 @@ def check_offloads() -> list[Check]:
             or found.get("rx-udp-gro-forwarding") == "on"
         ):
             advice = (
-                "GRO may hand the packet socket merged super-frames: the raw path splits or drops "
-                "and counts them; `ethtool -K IF gro off` if the counters show many"
+                "GRO may hand the packet socket merged super-frames: the raw path drops and "
+                "counts them (gso_unsplit); `ethtool -K IF gro off` if the counters show many"
             )
         checks.append(Check(f"offloads {name}", "ok", value or "none reported", advice))
     return checks
