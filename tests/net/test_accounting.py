@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,11 @@ class Flood:
             frames.append((kind, f))
         return cls(frames)
 
-    def send(self, sock: socket.socket) -> None:
-        for kind, frame in self.frames:
+    def send(self, sock: socket.socket, halfway: Callable[[], object] | None = None) -> None:
+        """Send the wave; ``halfway`` (if given) is called once half of it is out."""
+        for i, (kind, frame) in enumerate(self.frames):
+            if i == len(self.frames) // 2 and halfway is not None:
+                halfway()
             sock.send(frame)
             self.sent[kind] = self.sent.get(kind, 0) + 1
 
@@ -102,7 +106,7 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
         injector = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     injector.bind((veth.if_b, 0))
 
-    async def main() -> tuple[dict[str, Any], Counting, Flood, Flood, int, int]:
+    async def main() -> tuple[dict[str, Any], Counting, Flood, Flood, int, int, bool]:
         loop = asyncio.get_running_loop()
         loop_errors: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _l, ctx: loop_errors.append(ctx))
@@ -120,6 +124,11 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
         stop = False
         flooding = threading.Event()
         done = threading.Event()
+        # Set by a tick that came after the reader delivered some of wave 2: the loop served the
+        # ticker while the reader had frames. The flood waits for it halfway (a bounded wait), so
+        # that how the threads are scheduled cannot decide whether a tick falls inside the flood.
+        interleaved = threading.Event()
+        start = [0]
 
         async def ticker() -> None:
             nonlocal ticks_during
@@ -127,12 +136,15 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
             while not stop:
                 if flooding.is_set() and not done.is_set():
                     ticks_during += 1
+                    if p.n > start[0]:
+                        interleaved.set()
                 p.since_tick = 0
                 await asyncio.sleep(0)
 
         def flood() -> None:
+            start[0] = p.n
             flooding.set()
-            live.send(injector)
+            live.send(injector, halfway=lambda: interleaved.wait(TIMEOUT))
             done.set()
 
         tick_task = asyncio.create_task(ticker())
@@ -158,10 +170,10 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
         budget = stack_loop.READ_BUDGET
         t.close()
         assert loop_errors == []
-        return stats, p, busy, live, ticks_during, budget
+        return stats, p, busy, live, ticks_during, budget, interleaved.is_set()
 
     with setns(veth.ns_a):
-        stats, proto, busy, live, ticks, budget = asyncio.run(main())
+        stats, proto, busy, live, ticks, budget, interleaved_seen = asyncio.run(main())
     injector.close()
 
     injected = len(busy.frames) + len(live.frames)
@@ -199,4 +211,5 @@ def test_every_frame_is_accounted_for_and_the_loop_keeps_running(
     assert rx_mode == "ring" or stats["kernel_drops"] > 0
     # The loop kept serving another task during wave 2, and no iteration read past the budget.
     assert ticks > 0
+    assert interleaved_seen
     assert proto.max_burst <= budget
