@@ -324,7 +324,7 @@ def test_route_unreachable_matches_kernel_udp(veth: VethPair, rtnl: Rtnl) -> Non
     assert seen == {errno.ENETUNREACH, errno.EINVAL, errno.EHOSTUNREACH, errno.EACCES}
 
 
-def test_route_ipv6_link_local_needs_oif(veth: VethPair, rtnl: Rtnl) -> None:
+def test_route_ipv6_link_local_with_and_without_oif(veth: VethPair, rtnl: Rtnl) -> None:
     shown = json.loads(veth.run_b("ip", "-j", "addr", "show", "dev", veth.if_b).stdout)
     (peer_ll,) = [
         a["local"]
@@ -340,7 +340,12 @@ def test_route_ipv6_link_local_needs_oif(veth: VethPair, rtnl: Rtnl) -> None:
         RouteKind.UNICAST,
     )
     assert route.source == ip(j["prefsrc"])
-    assert errno_of(rtnl.route_get, ip(peer_ll)) == errno.EINVAL
+    # Without an interface the kernel picks the route, as udpv6_sendmsg() does for a
+    # destination without a scope id (here the only link with fe80::/64).
+    (bare,) = ip_json(veth, "route", "get", peer_ll)
+    unscoped = rtnl.route_get(ip(peer_ll))
+    assert unscoped.ifindex == veth.ifindex_a
+    assert unscoped.source == ip(bare["prefsrc"])
     # Our own link-local address is a valid (local) source on that link.
     (own_ll,) = [a.address for a in rtnl.addresses(6) if a.address[:2] == b"\xfe\x80"]
     with_source = rtnl.route_get(ip(peer_ll), source=own_ll, oif=veth.ifindex_a)
