@@ -291,7 +291,6 @@ class RawStack:
         nd_for: set[bytes] = set()
         any4 = any6 = False
         fragments = False
-        wildcard = False
         cached = self._entries
         for engine in self.endpoints:
             cfg = engine.config
@@ -305,11 +304,11 @@ class RawStack:
             if cfg.local_ip is None:
                 any4 = any4 or family in (0, 4)
                 any6 = any6 or family in (0, 6)
-                wildcard = True
             elif cfg.family == 4:
                 arp_for.add(cfg.local_ip)
             else:
                 nd_for.add(cfg.local_ip)
+        wildcard = any4 or any6  # set exactly for the endpoints bound to no address
         program = stack_filter(
             entries,
             # Fragments carry the port only in the first one: let them all reach the reassembler,
